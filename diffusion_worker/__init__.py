@@ -1,0 +1,1 @@
+"""Diffusion worker: loads the UNet once and runs sampling jobs from the queue."""

@@ -1,0 +1,1 @@
+"""EBM worker: loads the energy network once and runs Langevin sampling jobs."""

@@ -1,0 +1,1 @@
+"""HTTP gateway: the public job API (built by the service issue)."""

@@ -1,0 +1,1 @@
+"""The library the services import: diffusion maths and UNet, seeding, devices, weights, images."""

@@ -1,0 +1,36 @@
+"""Device and precision choice shared by training, sampling and the workers."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from enum import StrEnum
+
+import torch
+
+
+class Precision(StrEnum):
+    FP32 = "fp32"
+    BF16 = "bf16"  # autocast to bfloat16 for matmuls and convolutions, float32 elsewhere
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """`auto` picks cuda, then mps, then cpu; any other name is passed to torch.device."""
+    if name != "auto":
+        device = torch.device(name)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError("device 'cuda' was requested but CUDA is not available")
+        return device
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+@contextlib.contextmanager
+def autocast(device: torch.device, precision: Precision | str) -> Iterator[None]:
+    """bf16 autocast when asked for, a no-op for fp32."""
+    precision = Precision(precision)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision is Precision.BF16):
+        yield

@@ -1,0 +1,1 @@
+"""DDPM/DDIM diffusion: schedules, forward process and loss, UNet, samplers, loadable pipeline."""

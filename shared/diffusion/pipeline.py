@@ -1,0 +1,189 @@
+"""A trained diffusion model ready to sample: UNet + forward process + model card.
+
+`DiffusionPipeline.from_pretrained(dir)` is what the worker calls once at start-up;
+`pipeline.sample(params)` is what it calls per job.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from shared.device import Precision, autocast, pick_device
+from shared.diffusion.process import DiffusionConfig, EpsModel, GaussianDiffusion
+from shared.diffusion.samplers import (
+    SamplerKind,
+    Spacing,
+    StepCallback,
+    VarianceKind,
+    ddim_sample,
+    ddpm_sample,
+    guided_eps_model,
+    parse_enum,
+)
+from shared.diffusion.unet import UNet, UNetConfig, count_parameters
+from shared.weights import WEIGHTS_FILE, WeightsError, file_sha256, load_model_dir, save_model_dir
+
+logger = logging.getLogger(__name__)
+
+MODEL_KIND = "ddpm-unet"
+
+
+@dataclass(frozen=True)
+class SampleParams:
+    """One sampling run. Image i uses seeds[i] and labels[i] (None: unconditional)."""
+
+    seeds: tuple[int, ...]
+    sampler: SamplerKind = SamplerKind.DDPM
+    steps: int = 1000
+    eta: float = 0.0
+    spacing: Spacing = Spacing.UNIFORM
+    variance: VarianceKind = VarianceKind.BETA
+    labels: tuple[int | None, ...] | None = None
+    guidance_scale: float = 1.0
+    clip_denoised: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
+        object.__setattr__(self, "sampler", parse_enum(SamplerKind, self.sampler, "sampler"))
+        object.__setattr__(self, "spacing", parse_enum(Spacing, self.spacing, "timestep spacing"))
+        object.__setattr__(self, "variance", parse_enum(VarianceKind, self.variance, "variance"))
+        if not self.seeds:
+            raise ValueError("at least one seed (one per image) is required")
+        if self.labels is not None and len(self.labels) != len(self.seeds):
+            raise ValueError(f"{len(self.labels)} labels for {len(self.seeds)} seeds")
+        if self.guidance_scale < 0:
+            raise ValueError(f"guidance_scale must be >= 0, got {self.guidance_scale}")
+
+
+class DiffusionPipeline:
+    """Holds the network in eval mode on one device; samples with either sampler."""
+
+    def __init__(
+        self,
+        unet: UNet,
+        diffusion: GaussianDiffusion,
+        card: dict[str, Any] | None = None,
+        precision: Precision | str = Precision.FP32,
+    ) -> None:
+        self.unet = unet.eval()
+        self.diffusion = diffusion.to(next(unet.parameters()).device)
+        self.card = card or {}
+        self.precision = Precision(precision)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    @property
+    def config(self) -> UNetConfig:
+        return self.unet.config
+
+    # ------------------------------------------------------------------------------- persistence
+    @classmethod
+    def from_pretrained(
+        cls, directory: str | os.PathLike[str], device: str = "auto", precision: Precision | str = Precision.FP32
+    ) -> DiffusionPipeline:
+        state, card = load_model_dir(directory)
+        if card.get("kind") != MODEL_KIND:
+            raise WeightsError(f"{directory} holds a {card.get('kind')!r} model, expected {MODEL_KIND!r}")
+        unet = UNet(UNetConfig.from_dict(card["unet"]))
+        expected = unet.state_dict()
+        state = {k: v.to(expected[k].dtype) if k in expected else v for k, v in state.items()}
+        try:
+            unet.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            raise WeightsError(f"weights in {directory} do not match its config: {exc}") from exc
+        card = {**card, "sha256": file_sha256(Path(directory) / WEIGHTS_FILE)}
+        diffusion = GaussianDiffusion(DiffusionConfig.from_dict(card["diffusion"]))
+        pipeline = cls(unet.to(pick_device(device)), diffusion, card, precision)
+        logger.info(
+            "loaded %s (%d parameters, sha256 %s) on %s",
+            directory,
+            count_parameters(unet),
+            card["sha256"][:12],
+            pipeline.device,
+        )
+        return pipeline
+
+    def save_pretrained(
+        self,
+        directory: str | os.PathLike[str],
+        training: dict[str, Any] | None = None,
+        dtype: torch.dtype = torch.float16,
+    ) -> Path:
+        card = {
+            "kind": MODEL_KIND,
+            "unet": self.config.to_dict(),
+            "diffusion": self.diffusion.config.to_dict(),
+            "parameters": count_parameters(self.unet),
+            "training": training or self.card.get("training", {}),
+        }
+        return save_model_dir(directory, self.unet.state_dict(), card, dtype=dtype)
+
+    # ---------------------------------------------------------------------------------- sampling
+    def resolve_label(self, label: int | str | None) -> int | None:
+        """A class index from an index or a class name; None stays None (unconditional)."""
+        if label is None:
+            return None
+        num_classes = self.config.num_classes
+        if num_classes is None:
+            raise ValueError("this model is unconditional: it takes no class label")
+        if isinstance(label, str) and not label.isdigit():
+            names = list(self.config.class_names)
+            if label not in names:
+                raise ValueError(f"unknown class {label!r}; expected one of: {', '.join(names)}")
+            return names.index(label)
+        index = int(label)
+        if not 0 <= index < num_classes:
+            raise ValueError(f"class index {index} is outside [0, {num_classes - 1}]")
+        return index
+
+    def _label_tensor(self, labels: Sequence[int | None] | None, batch: int) -> torch.Tensor | None:
+        null = self.config.null_label
+        if null is None:
+            if labels is not None and any(label is not None for label in labels):
+                raise ValueError("this model is unconditional: it takes no class label")
+            return None
+        rows = [null] * batch if labels is None else [null if label is None else label for label in labels]
+        return torch.tensor(rows, dtype=torch.long, device=self.device)
+
+    def eps_model(self, guidance_scale: float = 1.0) -> EpsModel:
+        """eps_theta in this pipeline's precision, with classifier-free guidance applied."""
+
+        def eps(x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+            with autocast(self.device, self.precision):
+                return self.unet(x, t, labels).float()
+
+        return guided_eps_model(eps, guidance_scale, self.config.null_label)
+
+    def sample(self, params: SampleParams, callback: StepCallback | None = None) -> torch.Tensor:
+        """Images in [-1, 1], shape (len(seeds), C, H, W), float32 on this pipeline's device."""
+        cfg = self.config
+        shape = (cfg.in_channels, cfg.image_size, cfg.image_size)
+        labels = self._label_tensor(params.labels, len(params.seeds))
+        model = self.eps_model(params.guidance_scale)
+        common = dict(labels=labels, clip_denoised=params.clip_denoised, callback=callback)
+        if params.sampler is SamplerKind.DDPM:
+            if params.steps != self.diffusion.num_timesteps:
+                raise ValueError(
+                    f"DDPM ancestral sampling runs all {self.diffusion.num_timesteps} steps; "
+                    f"use the ddim sampler for {params.steps} steps"
+                )
+            return ddpm_sample(model, self.diffusion, params.seeds, shape, variance=params.variance, **common)
+        return ddim_sample(
+            model,
+            self.diffusion,
+            params.seeds,
+            shape,
+            steps=params.steps,
+            eta=params.eta,
+            spacing=params.spacing,
+            **common,
+        )

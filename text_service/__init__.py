@@ -1,0 +1,1 @@
+"""Legacy Module 6 text API: bigram, LSTM and embeddings, in its own process."""
