@@ -83,9 +83,7 @@ def labels_for(pipeline: DiffusionPipeline, class_label: str | None, n: int) -> 
 def params_from_args(args: argparse.Namespace, pipeline: DiffusionPipeline) -> SampleParams:
     num_timesteps = pipeline.diffusion.num_timesteps
     sampler = args.sampler or (SamplerKind.DDPM.value if args.steps == num_timesteps else SamplerKind.DDIM.value)
-    if sampler == SamplerKind.DDPM.value and args.steps != num_timesteps:
-        raise ValueError(f"the ddpm sampler runs all {num_timesteps} steps; use --sampler ddim for {args.steps}")
-    return SampleParams(
+    params = SampleParams(
         seeds=seeds_from(args.seed, args.n),
         sampler=sampler,
         steps=args.steps,
@@ -95,6 +93,8 @@ def params_from_args(args: argparse.Namespace, pipeline: DiffusionPipeline) -> S
         labels=labels_for(pipeline, args.class_label, args.n),
         guidance_scale=args.guidance_scale,
     )
+    pipeline.check(params)
+    return params
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -64,9 +64,11 @@ def load_model_dir(directory: str | os.PathLike[str]) -> tuple[dict[str, torch.T
         if not needed.is_file():
             raise WeightsError(f"{needed} not found: a model directory needs {WEIGHTS_FILE} and {CARD_FILE}")
     try:
-        card = json.loads(card_path.read_text())
-    except json.JSONDecodeError as exc:
+        card = json.loads(card_path.read_bytes())
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
         raise WeightsError(f"{card_path} is not valid JSON: {exc}") from exc
+    if not isinstance(card, dict):
+        raise WeightsError(f"{card_path} must hold a JSON object, not {type(card).__name__}")
     try:
         state = load_file(str(weights))
     except Exception as exc:  # safetensors raises its own error types for truncated or foreign files

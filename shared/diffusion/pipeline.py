@@ -28,6 +28,7 @@ from shared.diffusion.samplers import (
     parse_enum,
 )
 from shared.diffusion.unet import UNet, UNetConfig, count_parameters
+from shared.seeding import MAX_SEED
 from shared.weights import WEIGHTS_FILE, WeightsError, file_sha256, load_model_dir, save_model_dir
 
 logger = logging.getLogger(__name__)
@@ -60,6 +61,10 @@ class SampleParams:
             raise ValueError(f"{len(self.labels)} labels for {len(self.seeds)} seeds")
         if self.guidance_scale < 0:
             raise ValueError(f"guidance_scale must be >= 0, got {self.guidance_scale}")
+        if self.eta < 0:
+            raise ValueError(f"eta must be >= 0, got {self.eta}")
+        if not all(0 <= s <= MAX_SEED for s in self.seeds):
+            raise ValueError(f"seeds must be in [0, {MAX_SEED}]")
 
 
 class DiffusionPipeline:
@@ -93,7 +98,11 @@ class DiffusionPipeline:
         state, card = load_model_dir(directory)
         if card.get("kind") != MODEL_KIND:
             raise WeightsError(f"{directory} holds a {card.get('kind')!r} model, expected {MODEL_KIND!r}")
-        unet = UNet(UNetConfig.from_dict(card["unet"]))
+        try:
+            unet = UNet(UNetConfig.from_dict(card["unet"]))
+            diffusion = GaussianDiffusion(DiffusionConfig.from_dict(card["diffusion"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise WeightsError(f"{directory}/config.json does not describe a valid model: {exc!r}") from exc
         expected = unet.state_dict()
         state = {k: v.to(expected[k].dtype) if k in expected else v for k, v in state.items()}
         try:
@@ -101,7 +110,6 @@ class DiffusionPipeline:
         except RuntimeError as exc:
             raise WeightsError(f"weights in {directory} do not match its config: {exc}") from exc
         card = {**card, "sha256": file_sha256(Path(directory) / WEIGHTS_FILE)}
-        diffusion = GaussianDiffusion(DiffusionConfig.from_dict(card["diffusion"]))
         pipeline = cls(unet.to(pick_device(device)), diffusion, card, precision)
         logger.info(
             "loaded %s (%d parameters, sha256 %s) on %s",
@@ -142,14 +150,23 @@ class DiffusionPipeline:
             return names.index(label)
         index = int(label)
         if not 0 <= index < num_classes:
-            raise ValueError(f"class index {index} is outside [0, {num_classes - 1}]")
+            raise ValueError(f"class label {index} is outside [0, {num_classes - 1}]")
         return index
+
+    def check(self, params: SampleParams) -> None:
+        """Raise ValueError for parameters this model cannot run, before any work is done."""
+        total = self.diffusion.num_timesteps
+        if params.sampler is SamplerKind.DDPM and params.steps != total:
+            raise ValueError(f"DDPM ancestral sampling runs all {total} steps; use the ddim sampler for {params.steps}")
+        if not 1 <= params.steps <= total:
+            raise ValueError(f"steps must be in [1, {total}], got {params.steps}")
+        for label in params.labels or ():
+            if label is not None:
+                self.resolve_label(int(label))
 
     def _label_tensor(self, labels: Sequence[int | None] | None, batch: int) -> torch.Tensor | None:
         null = self.config.null_label
         if null is None:
-            if labels is not None and any(label is not None for label in labels):
-                raise ValueError("this model is unconditional: it takes no class label")
             return None
         rows = [null] * batch if labels is None else [null if label is None else label for label in labels]
         return torch.tensor(rows, dtype=torch.long, device=self.device)
@@ -165,17 +182,13 @@ class DiffusionPipeline:
 
     def sample(self, params: SampleParams, callback: StepCallback | None = None) -> torch.Tensor:
         """Images in [-1, 1], shape (len(seeds), C, H, W), float32 on this pipeline's device."""
+        self.check(params)
         cfg = self.config
         shape = (cfg.in_channels, cfg.image_size, cfg.image_size)
         labels = self._label_tensor(params.labels, len(params.seeds))
         model = self.eps_model(params.guidance_scale)
         common = dict(labels=labels, clip_denoised=params.clip_denoised, callback=callback)
         if params.sampler is SamplerKind.DDPM:
-            if params.steps != self.diffusion.num_timesteps:
-                raise ValueError(
-                    f"DDPM ancestral sampling runs all {self.diffusion.num_timesteps} steps; "
-                    f"use the ddim sampler for {params.steps} steps"
-                )
             return ddpm_sample(model, self.diffusion, params.seeds, shape, variance=params.variance, **common)
         return ddim_sample(
             model,

@@ -29,7 +29,7 @@ class UNetConfig:
     image_size: int = 32
     in_channels: int = 3
     base_channels: int = 64
-    channel_mult: tuple[int, ...] = (1, 2, 2, 2)
+    channel_mult: tuple[int, ...] = (1, 2, 2)
     num_res_blocks: int = 2
     attention_resolutions: tuple[int, ...] = (16,)
     num_heads: int = 4

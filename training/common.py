@@ -1,0 +1,145 @@
+"""What every trainer shares: CLI from a config dataclass, EMA, time budget, checkpoints, RNG state.
+
+The diffusion and EBM trainers use these pieces; only their models, losses and sample grids differ.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import time
+import types
+import typing
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+from torch import nn
+from torch.optim.swa_utils import AveragedModel
+
+logger = logging.getLogger(__name__)
+
+C = TypeVar("C")
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+# ------------------------------------------------------------------------- CLI from a dataclass
+def _parse_tuple(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.replace(" ", "").split(",") if part)
+
+
+def _field_type(cls: type, field: dataclasses.Field[Any]) -> Any:
+    hint = typing.get_type_hints(cls)[field.name]
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(args) == 1:
+        return args[0]  # Optional[X] -> X
+    return hint
+
+
+def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, help_texts: dict[str, str]) -> None:
+    """One --flag per field of `cls`, typed and defaulted from the dataclass itself."""
+    for field in dataclasses.fields(cls):
+        flag = "--" + field.name.replace("_", "-")
+        kind = _field_type(cls, field)
+        default = field.default_factory() if field.default is dataclasses.MISSING else field.default  # type: ignore[misc]
+        text = help_texts.get(field.name, "")
+        if kind is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=text)
+        elif typing.get_origin(kind) is tuple:
+            shown = ",".join(str(v) for v in default)
+            parser.add_argument(flag, type=_parse_tuple, default=default, help=f"{text} (default {shown})")
+        else:
+            parser.add_argument(flag, type=kind, default=default, help=f"{text} (default {default})")
+
+
+def dataclass_from_args(cls: type[C], args: argparse.Namespace) -> C:
+    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------------------------- EMA
+def ema_with_warmup(decay: float) -> Callable[[list[torch.Tensor], list[torch.Tensor], torch.Tensor], None]:
+    """EMA update for `AveragedModel(multi_avg_fn=...)` with the decay warm-up min(decay, (1 + n) / (10 + n)).
+
+    Early averages would otherwise be dominated by the random initialisation (Tarvainen & Valpola 2017;
+    the warm-up form is TensorFlow's ExponentialMovingAverage with num_updates).
+    """
+
+    @torch.no_grad()
+    def update(ema_params: list[torch.Tensor], params: list[torch.Tensor], num_averaged: torch.Tensor) -> None:
+        n = float(num_averaged)
+        weight = 1.0 - min(decay, (1.0 + n) / (10.0 + n))
+        torch._foreach_lerp_(ema_params, params, weight)
+
+    return update
+
+
+def make_ema(model: nn.Module, decay: float) -> AveragedModel:
+    return AveragedModel(model, multi_avg_fn=ema_with_warmup(decay), use_buffers=True)
+
+
+# ------------------------------------------------------------------------------------ time budget
+class Budget:
+    """Stops a run after `max_minutes` of wall time (None: no limit)."""
+
+    def __init__(self, max_minutes: float | None) -> None:
+        self.start = time.monotonic()
+        self.limit = None if max_minutes is None or max_minutes <= 0 else max_minutes * 60.0
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.start
+
+    def exhausted(self) -> bool:
+        return self.limit is not None and self.elapsed >= self.limit
+
+
+# ------------------------------------------------------------------------------------ checkpoints
+def rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(directory: str | os.PathLike[str], state: dict[str, Any]) -> Path:
+    """Write a training checkpoint atomically (a crash mid-write keeps the previous one)."""
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / CHECKPOINT_FILE
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A training checkpoint (file or run directory); `weights_only=True`, so no code runs on load."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / CHECKPOINT_FILE
+    if not p.is_file():
+        raise FileNotFoundError(f"no training checkpoint at {p}")
+    return torch.load(p, map_location="cpu", weights_only=True)
+
+
+def is_checkpoint(path: str | os.PathLike[str]) -> bool:
+    p = Path(path)
+    return (p / CHECKPOINT_FILE).is_file() if p.is_dir() else p.suffix == ".pt"
+
+
+def warmup_lambda(warmup_steps: int) -> Callable[[int], float]:
+    """Linear learning-rate warm-up over `warmup_steps`, then constant (Ho et al. 2020 used 5000)."""
+    return lambda step: min(1.0, (step + 1) / max(1, warmup_steps))
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
