@@ -68,7 +68,11 @@ class SampleParams:
 
 
 class DiffusionPipeline:
-    """Holds the network in eval mode on one device; samples with either sampler."""
+    """Holds the network in eval mode on one device; samples with either sampler.
+
+    channels_last (NHWC) convolutions are about 1.3-1.5x faster on x86 CPUs (oneDNN) and on
+    tensor-core GPUs, so the network runs in that layout unless told otherwise.
+    """
 
     def __init__(
         self,
@@ -76,8 +80,10 @@ class DiffusionPipeline:
         diffusion: GaussianDiffusion,
         card: dict[str, Any] | None = None,
         precision: Precision | str = Precision.FP32,
+        channels_last: bool = True,
     ) -> None:
-        self.unet = unet.eval()
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.unet = unet.eval().to(memory_format=self.memory_format)
         self.diffusion = diffusion.to(next(unet.parameters()).device)
         self.card = card or {}
         self.precision = Precision(precision)
@@ -176,7 +182,7 @@ class DiffusionPipeline:
 
         def eps(x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
             with autocast(self.device, self.precision):
-                return self.unet(x, t, labels).float()
+                return self.unet(x.contiguous(memory_format=self.memory_format), t, labels).float()
 
         return guided_eps_model(eps, guidance_scale, self.config.null_label)
 
