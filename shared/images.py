@@ -44,3 +44,12 @@ def save_images(images: torch.Tensor, directory: str | os.PathLike[str], prefix:
         to_pil(image).save(path)
         paths.append(path)
     return paths
+
+
+def save_grid_and_images(images: torch.Tensor, grid_path: Path, images_dir: Path | None = None) -> Path:
+    """The grid at grid_path and each image as <images_dir>/<k>.png (default: <grid stem>_images/)."""
+    grid_path.parent.mkdir(parents=True, exist_ok=True)
+    grid_image(images).save(grid_path)
+    images_dir = images_dir or grid_path.with_name(grid_path.stem + "_images")
+    save_images(images, images_dir)
+    return images_dir

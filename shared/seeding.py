@@ -36,3 +36,20 @@ def randn_per_sample(
     """Standard normal noise of shape (len(generators), *shape); row i comes from generators[i]."""
     rows = [torch.randn(tuple(shape), generator=g, dtype=dtype) for g in generators]
     return torch.stack(rows).to(device)
+
+
+def rand_per_sample(
+    generators: Sequence[torch.Generator],
+    shape: Sequence[int],
+    *,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Uniform [0, 1) noise of shape (len(generators), *shape); row i comes from generators[i]."""
+    rows = [torch.rand(tuple(shape), generator=g, dtype=dtype) for g in generators]
+    return torch.stack(rows).to(device)
+
+
+def seeds_from(seed: int, n: int) -> tuple[int, ...]:
+    """Image k of a request with seed s uses seed s + k, so any one image can be re-made alone."""
+    return tuple(seed + k for k in range(n))

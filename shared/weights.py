@@ -12,13 +12,17 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from safetensors.torch import load_file, save_file
+from torch import nn
 
 logger = logging.getLogger(__name__)
+
+M = TypeVar("M", bound=nn.Module)
 
 WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "config.json"
@@ -83,3 +87,32 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def from_card(directory: str | os.PathLike[str], parse: Callable[[], M]) -> M:
+    """parse(), with a broken or incomplete config.json reported as a WeightsError."""
+    try:
+        return parse()
+    except (KeyError, TypeError, ValueError) as exc:
+        raise WeightsError(f"{Path(directory) / CARD_FILE} does not describe a valid model: {exc!r}") from exc
+
+
+def load_network(
+    directory: str | os.PathLike[str], kind: str, build: Callable[[dict[str, Any]], M]
+) -> tuple[M, dict[str, Any]]:
+    """Build the network its card describes, load its weights (strictly) and add the file's sha256."""
+    state, card = load_model_dir(directory)
+    if card.get("kind") != kind:
+        raise WeightsError(f"{directory} holds a {card.get('kind')!r} model, expected {kind!r}")
+    module = from_card(directory, lambda: build(card))
+    expected = module.state_dict()
+    state = {k: v.to(expected[k].dtype) if k in expected else v for k, v in state.items()}
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise WeightsError(f"weights in {directory} do not match its config: {exc}") from exc
+    return module, {**card, "sha256": file_sha256(Path(directory) / WEIGHTS_FILE)}

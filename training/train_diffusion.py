@@ -33,8 +33,9 @@ from tqdm import tqdm
 from shared.device import Precision, autocast, pick_device
 from shared.diffusion.pipeline import DiffusionPipeline, SampleParams
 from shared.diffusion.process import DiffusionConfig, EpsModel, GaussianDiffusion
-from shared.diffusion.unet import UNet, UNetConfig, count_parameters
+from shared.diffusion.unet import UNet, UNetConfig
 from shared.images import grid_image, to_uint8
+from shared.weights import count_parameters
 from training.common import (
     Budget,
     add_dataclass_arguments,

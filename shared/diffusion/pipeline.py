@@ -27,9 +27,10 @@ from shared.diffusion.samplers import (
     guided_eps_model,
     parse_enum,
 )
-from shared.diffusion.unet import UNet, UNetConfig, count_parameters
+from shared.diffusion.unet import UNet, UNetConfig
+from shared.labels import resolve_label
 from shared.seeding import MAX_SEED
-from shared.weights import WEIGHTS_FILE, WeightsError, file_sha256, load_model_dir, save_model_dir
+from shared.weights import count_parameters, from_card, load_network, save_model_dir
 
 logger = logging.getLogger(__name__)
 
@@ -101,21 +102,8 @@ class DiffusionPipeline:
     def from_pretrained(
         cls, directory: str | os.PathLike[str], device: str = "auto", precision: Precision | str = Precision.FP32
     ) -> DiffusionPipeline:
-        state, card = load_model_dir(directory)
-        if card.get("kind") != MODEL_KIND:
-            raise WeightsError(f"{directory} holds a {card.get('kind')!r} model, expected {MODEL_KIND!r}")
-        try:
-            unet = UNet(UNetConfig.from_dict(card["unet"]))
-            diffusion = GaussianDiffusion(DiffusionConfig.from_dict(card["diffusion"]))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise WeightsError(f"{directory}/config.json does not describe a valid model: {exc!r}") from exc
-        expected = unet.state_dict()
-        state = {k: v.to(expected[k].dtype) if k in expected else v for k, v in state.items()}
-        try:
-            unet.load_state_dict(state, strict=True)
-        except RuntimeError as exc:
-            raise WeightsError(f"weights in {directory} do not match its config: {exc}") from exc
-        card = {**card, "sha256": file_sha256(Path(directory) / WEIGHTS_FILE)}
+        unet, card = load_network(directory, MODEL_KIND, lambda c: UNet(UNetConfig.from_dict(c["unet"])))
+        diffusion = from_card(directory, lambda: GaussianDiffusion(DiffusionConfig.from_dict(card["diffusion"])))
         pipeline = cls(unet.to(pick_device(device)), diffusion, card, precision)
         logger.info(
             "loaded %s (%d parameters, sha256 %s) on %s",
@@ -144,20 +132,7 @@ class DiffusionPipeline:
     # ---------------------------------------------------------------------------------- sampling
     def resolve_label(self, label: int | str | None) -> int | None:
         """A class index from an index or a class name; None stays None (unconditional)."""
-        if label is None:
-            return None
-        num_classes = self.config.num_classes
-        if num_classes is None:
-            raise ValueError("this model is unconditional: it takes no class label")
-        if isinstance(label, str) and not label.isdigit():
-            names = list(self.config.class_names)
-            if label not in names:
-                raise ValueError(f"unknown class {label!r}; expected one of: {', '.join(names)}")
-            return names.index(label)
-        index = int(label)
-        if not 0 <= index < num_classes:
-            raise ValueError(f"class label {index} is outside [0, {num_classes - 1}]")
-        return index
+        return resolve_label(label, self.config.num_classes, self.config.class_names)
 
     def check(self, params: SampleParams) -> None:
         """Raise ValueError for parameters this model cannot run, before any work is done."""

@@ -234,7 +234,3 @@ class UNet(nn.Module):
             h = up(h)
 
         return self.conv_out(F.silu(self.norm_out(h)))
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())

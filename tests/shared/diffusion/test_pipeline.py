@@ -10,8 +10,8 @@ import torch
 from shared.diffusion.pipeline import MODEL_KIND, DiffusionPipeline, SampleParams
 from shared.diffusion.process import DiffusionConfig, GaussianDiffusion
 from shared.diffusion.samplers import SamplerKind, Spacing, VarianceKind
-from shared.diffusion.unet import UNet, UNetConfig, count_parameters
-from shared.weights import CARD_FILE, WEIGHTS_FILE, WeightsError, file_sha256
+from shared.diffusion.unet import UNet, UNetConfig
+from shared.weights import CARD_FILE, WEIGHTS_FILE, WeightsError, count_parameters, file_sha256
 from tests.conftest import TINY_CLASSES, seeded_unet, tiny_unet_config
 
 

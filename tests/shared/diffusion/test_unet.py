@@ -5,7 +5,8 @@ import json
 import pytest
 import torch
 
-from shared.diffusion.unet import UNet, UNetConfig, count_parameters, timestep_embedding
+from shared.diffusion.unet import UNet, UNetConfig, timestep_embedding
+from shared.weights import count_parameters
 from tests.conftest import seeded_unet, tiny_unet_config
 
 
