@@ -7,18 +7,21 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import logging
 import os
 import time
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
+
+from training.data import ImageDataset, iterate_batches, load_image_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -143,3 +146,30 @@ def warmup_lambda(warmup_steps: int) -> Callable[[int], float]:
 
 def configure_logging(level: int = logging.INFO) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+# ------------------------------------------------------------------------------------------ data
+def load_training_data(source: str, cache_dir: str, device: torch.device) -> ImageDataset:
+    """The train split; on CUDA the whole uint8 set moves to the GPU, so there is no loader bottleneck."""
+    dataset = load_image_dataset(source, "train", cache_dir=cache_dir)
+    if device.type == "cuda":
+        dataset = ImageDataset(dataset.images.to(device), dataset.labels.to(device), dataset.classes)
+    return dataset
+
+
+def epochs_of_batches(
+    dataset: ImageDataset, batch_size: int, seed: int, device: torch.device, current_step: Callable[[], int]
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Endless (x in [-1, 1], labels) batches with random flips, epoch after epoch.
+
+    Epoch e is shuffled by a generator seeded with (seed, e), and each epoch starts at the batch that
+    `current_step()` says comes next, so a resumed run sees exactly the batches an uninterrupted one would.
+    """
+    steps_per_epoch = len(dataset) // batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(f"batch size {batch_size} is larger than the dataset ({len(dataset)} images)")
+    while True:
+        epoch, done = divmod(current_step(), steps_per_epoch)
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        batches = iterate_batches(dataset, batch_size, generator=generator, device=device)
+        yield from itertools.islice(batches, done, None)

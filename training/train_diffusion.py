@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import itertools
 import logging
 import math
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,15 +40,17 @@ from training.common import (
     add_dataclass_arguments,
     configure_logging,
     dataclass_from_args,
+    epochs_of_batches,
     is_checkpoint,
     load_checkpoint,
+    load_training_data,
     make_ema,
     rng_state,
     save_checkpoint,
     set_rng_state,
     warmup_lambda,
 )
-from training.data import DEFAULT_CACHE_DIR, ImageDataset, default_data_source, iterate_batches, load_image_dataset
+from training.data import DEFAULT_CACHE_DIR, ImageDataset, default_data_source
 
 logger = logging.getLogger(__name__)
 
@@ -255,19 +256,6 @@ def drop_labels(labels: torch.Tensor, null_label: int | None, p: float) -> torch
     return torch.where(drop, torch.full_like(labels, null_label), labels)
 
 
-def epochs_of_batches(
-    state: TrainState, dataset: ImageDataset, cfg: TrainConfig, device: torch.device
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Endless batches; epoch e is shuffled by a generator seeded with (seed, e), so a resumed run
-    sees exactly the batches an uninterrupted one would (the first epoch skips what was done)."""
-    steps_per_epoch = len(dataset) // cfg.batch_size
-    while True:
-        epoch, done = divmod(state.step, steps_per_epoch)
-        generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
-        batches = iterate_batches(dataset, cfg.batch_size, generator=generator, device=device)
-        yield from itertools.islice(batches, done, None)
-
-
 def train_step(
     state: TrainState, eps_model: EpsModel, x0: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig
 ) -> float:
@@ -292,9 +280,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     torch.manual_seed(cfg.seed)
-    dataset = load_image_dataset(cfg.data, "train", cache_dir=cfg.data_cache)
-    if device.type == "cuda":  # the whole uint8 dataset fits on the GPU: no loader bottleneck
-        dataset = ImageDataset(dataset.images.to(device), dataset.labels.to(device), dataset.classes)
+    dataset = load_training_data(cfg.data, cfg.data_cache, device)
     state = init_state(cfg, dataset, device)
     model: nn.Module = torch.compile(state.unet) if cfg.compile else state.unet
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
@@ -324,7 +310,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     bar = tqdm(total=total_steps, initial=state.step, desc="diffusion", unit="step", dynamic_ncols=True)
     state.unet.train()
     try:
-        for x0, labels in epochs_of_batches(state, dataset, cfg, device):
+        for x0, labels in epochs_of_batches(dataset, cfg.batch_size, cfg.seed, device, lambda: state.step):
             if state.step >= total_steps:
                 break
             value = train_step(state, eps_model, x0, labels, cfg)
