@@ -8,6 +8,7 @@ import torch
 from shared.diffusion.pipeline import DiffusionPipeline
 from shared.diffusion.process import DiffusionConfig, GaussianDiffusion
 from shared.diffusion.unet import UNet, UNetConfig
+from shared.ebm.energy import EnergyConfig, EnergyNet
 
 TINY_CLASSES = ("red", "green", "blue")
 
@@ -57,3 +58,16 @@ def tiny_unet(tiny_config: UNetConfig) -> UNet:
 @pytest.fixture
 def tiny_pipeline(tiny_unet: UNet) -> DiffusionPipeline:
     return DiffusionPipeline(tiny_unet, GaussianDiffusion(DiffusionConfig(num_timesteps=100)))
+
+
+def tiny_energy_config(**overrides: object) -> EnergyConfig:
+    base: dict[str, object] = dict(
+        image_size=8, base_channels=8, channel_mult=(1, 2), num_res_blocks=1, num_classes=3, class_names=TINY_CLASSES
+    )
+    base.update(overrides)
+    return EnergyConfig(**base)  # type: ignore[arg-type]
+
+
+def seeded_energy_net(config: EnergyConfig, seed: int = 0) -> EnergyNet:
+    torch.manual_seed(seed)
+    return EnergyNet(config)

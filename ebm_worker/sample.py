@@ -1,0 +1,77 @@
+"""Sample images from a trained energy model by Langevin dynamics: the function the worker calls, and a CLI.
+
+    python -m ebm_worker.sample --n 16 --out ebm.png
+    python -m ebm_worker.sample --n 10 --class-label all --steps 200 --step-size 2 --noise-scale 0.005
+
+Chains start from uniform noise; the step count, step size, noise and gradient clip default to the
+values stored in the model's card by its trainer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from shared.cli import add_common_arguments, configure_logging, sample_and_save
+from shared.ebm.langevin import StepCallback
+from shared.ebm.pipeline import EBMPipeline, EBMSampleParams
+from shared.images import to_uint8
+from shared.labels import labels_for
+from shared.seeding import seeds_from
+from shared.weights import WeightsError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "models" / "ebm"
+
+
+def generate(pipeline: EBMPipeline, params: EBMSampleParams, callback: StepCallback | None = None) -> torch.Tensor:
+    """Run one sampling job; uint8 images (N, C, H, W) on the CPU."""
+    return to_uint8(pipeline.sample(params, callback=callback))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_arguments(p, DEFAULT_WEIGHTS)
+    p.add_argument("--steps", type=int, default=None, help="Langevin steps (default: the model card's)")
+    p.add_argument("--step-size", type=float, default=None, help="x -= step_size / 2 * clip(grad_x E)")
+    p.add_argument("--noise-scale", type=float, default=None, help="standard deviation of the noise per step")
+    p.add_argument("--grad-clip", type=float, default=None, help="element-wise clip of grad_x E")
+    return p
+
+
+def params_from_args(args: argparse.Namespace, pipeline: EBMPipeline) -> EBMSampleParams:
+    overrides = {
+        name: getattr(args, name)
+        for name in ("steps", "step_size", "noise_scale", "grad_clip")
+        if getattr(args, name) is not None
+    }
+    params = EBMSampleParams(
+        seeds=seeds_from(args.seed, args.n),
+        langevin=dataclasses.replace(pipeline.default_langevin, **overrides),
+        labels=labels_for(args.class_label, args.n, pipeline.config.num_classes, pipeline.config.class_names),
+    )
+    pipeline.check(params)
+    return params
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    configure_logging()
+    try:
+        pipeline = EBMPipeline.from_pretrained(args.weights, device=args.device)
+        params = params_from_args(args, pipeline)
+    except (WeightsError, ValueError) as exc:
+        parser.exit(2, f"error: {exc}\n")
+    sample_and_save(lambda cb: generate(pipeline, params, cb), params.langevin.steps, f"langevin x{args.n}", args)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Energy-based model: the energy network, Langevin dynamics on the input, a loadable pipeline."""

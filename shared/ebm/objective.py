@@ -1,0 +1,51 @@
+"""The contrastive-divergence objective for the energy network (and JEM's classification term).
+
+maximum likelihood for p_theta(x) = exp(-E_theta(x)) / Z(theta) has the gradient
+    grad_theta [-log p(x+)] = grad_theta E(x+) - E_{x- ~ p_theta}[grad_theta E(x-)]
+(Hinton 2002; Du & Mordatch 2019, Eq. 2), estimated with negatives x- from Langevin chains, so the
+loss whose gradient it is reads E(x+) - E(x-) with x- held fixed. The regulariser
+alpha * (E(x+)^2 + E(x-)^2) keeps energies near zero (Du & Mordatch 2019, Sec. 3.3). JEM
+(Grathwohl et al. 2020, Eq. 8) adds the cross-entropy of p(y | x+) = softmax(f(x+))[y].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from shared.ebm.energy import EnergyNet
+
+
+@dataclass(frozen=True)
+class CDTerms:
+    loss: torch.Tensor  # the scalar to minimise
+    energy_pos: float  # mean E(x+)
+    energy_neg: float  # mean E(x-)
+    cross_entropy: float  # 0 without labels
+
+
+def contrastive_divergence_loss(
+    net: EnergyNet,
+    x_pos: torch.Tensor,
+    x_neg: torch.Tensor,
+    *,
+    labels: torch.Tensor | None = None,
+    alpha: float = 1.0,
+    ce_weight: float = 1.0,
+) -> CDTerms:
+    """CD loss on data x_pos and (detached) negatives x_neg; with labels, plus ce_weight * CE."""
+    x_neg = x_neg.detach()
+    logits = net(torch.cat([x_pos, x_neg]))  # one forward for both: (2B, K)
+    logits_pos, logits_neg = logits.chunk(2)
+    if net.config.num_classes is None:
+        e_pos, e_neg = logits_pos.squeeze(1), logits_neg.squeeze(1)
+    else:  # JEM Eq. 5: E(x) = -logsumexp_y f(x)[y]
+        e_pos, e_neg = -torch.logsumexp(logits_pos, 1), -torch.logsumexp(logits_neg, 1)
+    loss = e_pos.mean() - e_neg.mean() + alpha * (e_pos.pow(2).mean() + e_neg.pow(2).mean())
+    ce = torch.zeros((), device=x_pos.device)
+    if labels is not None and net.config.num_classes is not None:
+        ce = F.cross_entropy(logits_pos, labels)  # JEM Eq. 8: log p(y | x)
+        loss = loss + ce_weight * ce
+    return CDTerms(loss, e_pos.mean().item(), e_neg.mean().item(), ce.item())

@@ -1,0 +1,118 @@
+"""A trained energy model ready to sample: energy network + model card + its Langevin defaults.
+
+`EBMPipeline.from_pretrained(dir)` is what the EBM worker calls once at start-up; `pipeline.sample(params)`
+is what it calls per job. Serving chains start from uniform noise in [-1, 1], one seeded generator per
+image (the initial image and every step's noise come from it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from shared.device import pick_device
+from shared.ebm.energy import EnergyConfig, EnergyNet
+from shared.ebm.langevin import LangevinParams, StepCallback, sample_model
+from shared.labels import resolve_label
+from shared.seeding import MAX_SEED, make_generators, rand_per_sample
+from shared.weights import count_parameters, load_network, save_model_dir
+
+logger = logging.getLogger(__name__)
+
+MODEL_KIND = "ebm-cnn"
+
+
+@dataclass(frozen=True)
+class EBMSampleParams:
+    """One sampling run. Image i uses seeds[i] and labels[i] (None: the marginal energy E(x))."""
+
+    seeds: tuple[int, ...]
+    langevin: LangevinParams = field(default_factory=LangevinParams)
+    labels: tuple[int | None, ...] | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
+        if not self.seeds:
+            raise ValueError("at least one seed (one per image) is required")
+        if not all(0 <= s <= MAX_SEED for s in self.seeds):
+            raise ValueError(f"seeds must be in [0, {MAX_SEED}]")
+        if self.labels is not None and len(self.labels) != len(self.seeds):
+            raise ValueError(f"{len(self.labels)} labels for {len(self.seeds)} seeds")
+
+
+class EBMPipeline:
+    """Holds the energy network in eval mode on one device; runs seeded Langevin chains."""
+
+    def __init__(self, net: EnergyNet, card: dict[str, Any] | None = None) -> None:
+        self.net = net.eval()
+        self.card = card or {}
+        sampling = self.card.get("sampling")
+        self.default_langevin = LangevinParams(**sampling) if sampling else LangevinParams()
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.net.parameters()).device
+
+    @property
+    def config(self) -> EnergyConfig:
+        return self.net.config
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike[str], device: str = "auto") -> EBMPipeline:
+        net, card = load_network(directory, MODEL_KIND, lambda c: EnergyNet(EnergyConfig.from_dict(c["energy"])))
+        pipeline = cls(net.to(pick_device(device)), card)
+        logger.info(
+            "loaded %s (%d parameters, sha256 %s) on %s",
+            directory, count_parameters(net), card["sha256"][:12], pipeline.device,
+        )  # fmt: skip
+        return pipeline
+
+    def save_pretrained(
+        self,
+        directory: str | os.PathLike[str],
+        training: dict[str, Any] | None = None,
+        sampling: LangevinParams | None = None,
+    ) -> Path:
+        """Weights (fp32: energies are sensitive to small weight changes) and the model card."""
+        langevin = sampling or self.default_langevin
+        card = {
+            "kind": MODEL_KIND,
+            "energy": self.config.to_dict(),
+            "parameters": count_parameters(self.net),
+            "sampling": {**dataclasses.asdict(langevin), "clamp": list(langevin.clamp) if langevin.clamp else None},
+            "training": training or self.card.get("training", {}),
+        }
+        return save_model_dir(directory, self.net.state_dict(), card, dtype=None)
+
+    def resolve_label(self, label: int | str | None) -> int | None:
+        return resolve_label(label, self.config.num_classes, self.config.class_names)
+
+    def check(self, params: EBMSampleParams) -> None:
+        """Raise ValueError for parameters this model cannot run, before any work is done."""
+        for label in params.labels or ():
+            if label is not None:
+                self.resolve_label(int(label))
+
+    def _label_tensor(self, labels: Sequence[int | None] | None) -> torch.Tensor | None:
+        if labels is None or self.config.num_classes is None:
+            return None
+        return torch.tensor([-1 if y is None else y for y in labels], dtype=torch.long, device=self.device)
+
+    def sample(self, params: EBMSampleParams, callback: StepCallback | None = None) -> torch.Tensor:
+        """Images in [-1, 1], shape (len(seeds), C, H, W), float32 on this pipeline's device."""
+        self.check(params)
+        cfg = self.config
+        generators = make_generators(params.seeds)
+        shape = (cfg.in_channels, cfg.image_size, cfg.image_size)
+        x_init = rand_per_sample(generators, shape, device=self.device) * 2 - 1  # U[-1, 1)
+        labels = self._label_tensor(params.labels)
+        return sample_model(
+            self.net, x_init, params.langevin, labels=labels, generators=generators, callback=callback
+        ).clamp(-1, 1)
