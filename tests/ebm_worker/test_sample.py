@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from ebm_worker.sample import build_parser, main, params_from_args
+from shared.ebm.langevin import LangevinParams
+from shared.ebm.pipeline import EBMPipeline
+from tests.conftest import seeded_energy_net, tiny_energy_config
+
+
+@pytest.fixture
+def weights(tmp_path: Path) -> Path:
+    EBMPipeline(seeded_energy_net(tiny_energy_config())).save_pretrained(
+        tmp_path / "ebm", sampling=LangevinParams(steps=3)
+    )
+    return tmp_path / "ebm"
+
+
+def test_flags_override_the_card_defaults(weights: Path) -> None:
+    pipeline = EBMPipeline.from_pretrained(weights, device="cpu")
+    args = build_parser().parse_args(["--weights", str(weights), "--n", "3", "--step-size", "0.5", "--seed", "7"])
+    params = params_from_args(args, pipeline)
+    assert params.langevin.steps == 3 and params.langevin.step_size == 0.5
+    assert params.seeds == (7, 8, 9) and params.labels is None
+
+
+def test_cli_writes_a_grid_and_images_reproducibly(weights: Path, tmp_path: Path) -> None:
+    for name in ("a", "b"):
+        assert (
+            main(
+                ["--weights", str(weights), "--n", "2", "--class-label", "blue", "--out", str(tmp_path / f"{name}.png")]
+            )
+            == 0
+        )
+    assert (
+        Image.open(tmp_path / "a.png").size == (2 + 3 * 10, 2 + 1 * 10) or Image.open(tmp_path / "a.png").size[1] == 12
+    )
+    for k in range(2):
+        first = (tmp_path / "a_images" / f"{k}.png").read_bytes()
+        assert first == (tmp_path / "b_images" / f"{k}.png").read_bytes()
+
+
+def test_bad_input_exits_2_with_a_message(weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--weights", str(weights), "--class-label", "purple", "--out", str(tmp_path / "x.png")])
+    assert exit_info.value.code == 2 and "purple" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--weights", str(tmp_path / "missing"), "--out", str(tmp_path / "x.png")])
+    assert exit_info.value.code == 2 and "not found" in capsys.readouterr().err
