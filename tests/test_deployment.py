@@ -22,7 +22,7 @@ def test_compose_has_redis_with_persistence_and_a_healthcheck() -> None:
 
 def test_gpu_services_reserve_an_nvidia_device_and_run_real_modules() -> None:
     services = compose()["services"]
-    for name in ("train_diffusion", "sample_diffusion"):
+    for name in ("train_diffusion", "sample_diffusion", "train_ebm", "sample_ebm"):
         service = services[name]
         devices = service["deploy"]["resources"]["reservations"]["devices"]
         assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
