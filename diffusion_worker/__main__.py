@@ -1,0 +1,21 @@
+"""`python -m diffusion_worker`: load the UNet once, then run diffusion jobs from the "diffusion" queue.
+
+Settings come from the environment (shared/service/settings.py): REDIS_URL, GENSERVICE_DIFFUSION_WEIGHTS,
+GENSERVICE_DEVICE, ... `--burst` exits when the queue is empty.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from shared.diffusion.pipeline import DiffusionPipeline
+from shared.service.settings import WorkerSettings
+from shared.service.worker import worker_main
+
+
+def load(settings: WorkerSettings) -> DiffusionPipeline:
+    return DiffusionPipeline.from_pretrained(settings.diffusion_weights, device=settings.device)
+
+
+if __name__ == "__main__":
+    raise SystemExit(worker_main("diffusion", load, sys.argv[1:]))

@@ -1,0 +1,17 @@
+"""`python -m gateway`: serve the API with uvicorn on GENSERVICE_HOST:GENSERVICE_PORT (default 0.0.0.0:8000)."""
+
+from __future__ import annotations
+
+import uvicorn
+
+from gateway.app import create_app
+from gateway.settings import get_settings
+
+
+def main() -> None:
+    settings = get_settings()
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+
+
+if __name__ == "__main__":
+    main()

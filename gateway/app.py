@@ -1,0 +1,51 @@
+"""The gateway application: `create_app()` wires settings, Redis, the text-service client and the routers."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+from fastapi import FastAPI, Request, status
+from fastapi.responses import JSONResponse
+from redis import Redis
+from redis.exceptions import RedisError
+
+from gateway.routes import generate, jobs, legacy, system
+from gateway.settings import GatewaySettings, get_settings
+
+logger = logging.getLogger(__name__)
+
+
+def create_app(settings: GatewaySettings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.redis = Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=2)
+        app.state.text_client = httpx.AsyncClient(
+            base_url=settings.text_service_url, timeout=settings.text_service_timeout
+        )
+        yield
+        await app.state.text_client.aclose()
+        app.state.redis.close()
+
+    app = FastAPI(
+        title="cifar-genservice",
+        version="0.1.0",
+        description="CIFAR-10 image generation with a DDPM diffusion model and an energy-based model, as jobs.",
+        lifespan=lifespan,
+    )
+    app.dependency_overrides[get_settings] = lambda: settings
+    for module in (generate, jobs, system, legacy):
+        app.include_router(module.router)
+
+    @app.exception_handler(RedisError)
+    async def redis_down(request: Request, exc: RedisError) -> JSONResponse:
+        logger.warning("redis error on %s: %s", request.url.path, exc)
+        return JSONResponse(
+            {"detail": "the job store (Redis) is unavailable; try again shortly"}, status.HTTP_503_SERVICE_UNAVAILABLE
+        )
+
+    return app

@@ -1,0 +1,149 @@
+"""Jobs as the API sees them: enqueue into RQ, describe, cancel. No torch: workers run the models.
+
+Jobs name their function by import path ("diffusion_worker.jobs.generate_images"), carry only JSON
+(RQ's JSON serializer: nothing is unpickled from Redis) and get a uuid4 id.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+from redis import Redis
+from rq import Queue, Retry, Worker
+from rq.exceptions import NoSuchJobError
+from rq.job import Job
+from rq.job import JobStatus as RQStatus
+from rq.serializers import JSONSerializer
+
+from gateway.schemas import JobResults, JobState, JobStatus, Progress, QueueInfo
+from shared.service import keys
+from shared.service.settings import QueueSettings
+
+JOB_FUNCTIONS = {
+    "diffusion": "diffusion_worker.jobs.generate_images",
+    "ebm": "ebm_worker.jobs.generate_images",
+}
+_STATES: dict[RQStatus, JobState] = {
+    RQStatus.CREATED: "queued",
+    RQStatus.QUEUED: "queued",
+    RQStatus.DEFERRED: "queued",
+    RQStatus.SCHEDULED: "queued",  # a retry waiting for its turn
+    RQStatus.STARTED: "started",
+    RQStatus.FINISHED: "finished",
+    RQStatus.FAILED: "failed",
+    RQStatus.STOPPED: "canceled",
+    RQStatus.CANCELED: "canceled",
+}
+
+
+class JobConflictError(Exception):
+    """The job is in a state that does not allow the request (e.g. cancel a finished job)."""
+
+
+class JobStore:
+    def __init__(self, redis: Redis, settings: QueueSettings) -> None:
+        self.redis, self.settings = redis, settings
+
+    def queue(self, model: str) -> Queue:
+        return Queue(keys.QUEUES[model], connection=self.redis, serializer=JSONSerializer)
+
+    def submit(self, model: str, request: dict[str, Any]) -> Job:
+        return self.queue(model).enqueue(
+            JOB_FUNCTIONS[model],
+            kwargs={"request": request},
+            job_id=str(uuid.uuid4()),
+            job_timeout=self.settings.job_timeout(model),
+            result_ttl=self.settings.result_ttl,
+            failure_ttl=self.settings.failure_ttl,
+            retry=Retry(max=self.settings.max_retries) if self.settings.max_retries else None,
+            meta={"model": model, "attempts": 0},
+            description=f"{model}: {request.get('num_images')} image(s)",
+        )
+
+    def fetch(self, job_id: str) -> Job | None:
+        try:
+            uuid.UUID(job_id)
+            return Job.fetch(job_id, connection=self.redis, serializer=JSONSerializer)
+        except (ValueError, NoSuchJobError):
+            return None
+
+    def state(self, job: Job) -> JobState:
+        status = job.get_status(refresh=True)
+        if status == RQStatus.STARTED:
+            # A dead worker's job is found here at the latest: its heartbeat expired.
+            self.queue(job.meta["model"]).started_job_registry.cleanup()
+            status = job.get_status(refresh=True)
+        if status == RQStatus.FINISHED and job.meta.get("canceled"):
+            return "canceled"
+        return _STATES.get(status, "queued") if status is not None else "failed"
+
+    def describe(self, job: Job, base_url: str) -> JobStatus:
+        state = self.state(job)
+        job.refresh()
+        model = job.meta.get("model", "unknown")
+        request = job.kwargs.get("request", {})
+        progress = job.meta.get("progress")
+        results = None
+        if state == "finished":
+            n = int(request.get("num_images", 0))
+            results = JobResults(
+                images=[f"{base_url}jobs/{job.id}/images/{k}.png" for k in range(n)],
+                grid=f"{base_url}jobs/{job.id}/grid.png",
+            )
+        return JobStatus(
+            job_id=job.id,
+            model=model,
+            status=state,
+            progress=Progress(**progress) if progress else None,
+            queue_position=self.queue(model).get_job_position(job.id) if state == "queued" else None,
+            attempts=int(job.meta.get("attempts", 0)),
+            enqueued_at=job.enqueued_at,
+            started_at=job.started_at,
+            ended_at=job.ended_at,
+            parameters=request,
+            error=failure_reason(job) if state == "failed" else None,
+            results=results,
+        )
+
+    def cancel(self, job: Job) -> str:
+        """'canceled' for a queued job (it never runs), 'canceling' for a running one (stops at its next step)."""
+        state = self.state(job)
+        if state in ("finished", "failed", "canceled"):
+            raise JobConflictError(f"job {job.id} is already {state}")
+        # The flag also stops a job that a worker dequeues in the same instant.
+        self.redis.set(keys.cancel_flag(job.id), 1, ex=self.settings.job_timeout(job.meta.get("model", "diffusion")))
+        if state == "queued":
+            job.cancel()
+            return "canceled"
+        return "canceling"
+
+    def queue_info(self, model: str) -> QueueInfo:
+        queue = self.queue(model)
+        return QueueInfo(
+            queued=queue.count,
+            started=queue.started_job_registry.count,
+            workers=Worker.count(queue=queue),
+        )
+
+    def models_info(self) -> dict[str, list[dict[str, Any]]]:
+        """What each live worker published when it loaded its model (stale entries of dead workers dropped)."""
+        out: dict[str, list[dict[str, Any]]] = {}
+        for model in keys.QUEUES:
+            live = {w.name for w in Worker.all(queue=self.queue(model))}
+            published = self.redis.hgetall(keys.model_info(model))
+            out[model] = [
+                {"worker": name.decode(), **json.loads(info)}
+                for name, info in published.items()
+                if name.decode() in live
+            ]
+        return out
+
+
+def failure_reason(job: Job) -> str:
+    """The last line of the failure's traceback ("ValueError: ..."), or RQ's own reason."""
+    result = job.latest_result()
+    text = (result.exc_string if result is not None else None) or ""
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else "the job failed without an error message"

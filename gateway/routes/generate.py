@@ -1,0 +1,40 @@
+"""POST /generate/{diffusion,ebm}: validate, fill in a seed, enqueue, answer 202 with where to poll."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response, status
+
+from gateway.deps import StoreDep
+from gateway.schemas import DiffusionRequest, EBMRequest, ErrorBody, JobAccepted, new_seed
+
+router = APIRouter(prefix="/generate", tags=["generate"])
+RESPONSES = {422: {"model": ErrorBody, "description": "a field is out of bounds"}, 503: {"model": ErrorBody}}
+
+
+def _accept(
+    model: str, body: DiffusionRequest | EBMRequest, store: StoreDep, request: Request, response: Response
+) -> JobAccepted:
+    params = body.model_dump()
+    if params["seed"] is None:
+        params["seed"] = new_seed()
+    job = store.submit(model, params)
+    status_url = str(request.url_for("get_job", job_id=job.id))
+    response.headers["Location"] = status_url
+    return JobAccepted(
+        job_id=job.id,
+        status="queued",
+        status_url=status_url,
+        queue_position=store.queue(model).get_job_position(job.id),
+    )
+
+
+@router.post("/diffusion", status_code=status.HTTP_202_ACCEPTED, response_model=JobAccepted, responses=RESPONSES)
+def generate_diffusion(body: DiffusionRequest, store: StoreDep, request: Request, response: Response) -> JobAccepted:
+    """Queue a DDPM (1000 steps) or DDIM (fewer steps) job."""
+    return _accept("diffusion", body, store, request, response)
+
+
+@router.post("/ebm", status_code=status.HTTP_202_ACCEPTED, response_model=JobAccepted, responses=RESPONSES)
+def generate_ebm(body: EBMRequest, store: StoreDep, request: Request, response: Response) -> JobAccepted:
+    """Queue a Langevin-dynamics job on the energy-based model."""
+    return _accept("ebm", body, store, request, response)

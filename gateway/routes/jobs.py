@@ -1,0 +1,63 @@
+"""GET /jobs/{id}, its PNGs, and DELETE to cancel."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, HTTPException, Request, Response, status
+from rq.job import Job
+
+from gateway.deps import RedisDep, StoreDep
+from gateway.jobs import JobConflictError, JobStore
+from gateway.schemas import CancelResponse, ErrorBody, JobStatus
+from shared.service.results import load_grid, load_image
+
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+NOT_FOUND = {404: {"model": ErrorBody, "description": "no such job (or its results expired)"}}
+PNG = {200: {"content": {"image/png": {}}, "description": "a PNG image"}}
+
+
+def _job(store: JobStore, job_id: str) -> Job:
+    job = store.fetch(job_id)
+    if job is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no job {job_id!r}")
+    return job
+
+
+@router.get("/{job_id}", response_model=JobStatus, responses=NOT_FOUND)
+def get_job(job_id: str, store: StoreDep, request: Request) -> JobStatus:
+    """Status, progress, queue position, timestamps, parameters, error and result URLs of a job."""
+    return store.describe(_job(store, job_id), str(request.base_url))
+
+
+def _png(store: JobStore, job_id: str, data: bytes | None) -> Response:
+    job = _job(store, job_id)
+    state = store.state(job)
+    if state != "finished":
+        raise HTTPException(status.HTTP_409_CONFLICT, f"job {job_id} is {state}; results exist once it is finished")
+    if data is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"the results of job {job_id} expired or do not exist")
+    return Response(content=data, media_type="image/png")
+
+
+@router.get(
+    "/{job_id}/images/{k}.png", response_class=Response, responses={**PNG, **NOT_FOUND, 409: {"model": ErrorBody}}
+)
+def get_image(job_id: str, k: int, store: StoreDep, redis: RedisDep) -> Response:
+    """Image k (0-based) of a finished job."""
+    return _png(store, job_id, load_image(redis, job_id, k) if k >= 0 else None)
+
+
+@router.get("/{job_id}/grid.png", response_class=Response, responses={**PNG, **NOT_FOUND, 409: {"model": ErrorBody}})
+def get_grid(job_id: str, store: StoreDep, redis: RedisDep) -> Response:
+    """All images of a finished job in one grid."""
+    return _png(store, job_id, load_grid(redis, job_id))
+
+
+@router.delete("/{job_id}", response_model=CancelResponse, responses={**NOT_FOUND, 409: {"model": ErrorBody}})
+def cancel_job(job_id: str, store: StoreDep) -> CancelResponse:
+    """A queued job never runs; a running job stops at its next step; a finished job answers 409."""
+    job = _job(store, job_id)
+    try:
+        outcome = store.cancel(job)
+    except JobConflictError as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
+    return CancelResponse(job_id=job_id, status=outcome)  # type: ignore[arg-type]

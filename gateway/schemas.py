@@ -1,0 +1,130 @@
+"""Request and response bodies of the public API; every field bounded, every route typed."""
+
+from __future__ import annotations
+
+import secrets
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+MAX_SEED = 2**63 - 1
+JobState = Literal["queued", "started", "finished", "failed", "canceled"]
+
+
+def new_seed() -> int:
+    """A seed for a request that gave none; recorded with the job so the result can be re-made."""
+    return secrets.randbelow(2**31)
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    num_images: int = Field(1, ge=1, le=64, description="images in this job")
+    class_label: str | int | None = Field(
+        None, description="a CIFAR-10 class name or index 0-9; omitted: any class", examples=["cat", 3]
+    )
+    seed: int | None = Field(
+        None, ge=0, le=MAX_SEED - 64, description="image k uses seed + k; omitted: chosen and recorded"
+    )
+
+    @field_validator("class_label")
+    @classmethod
+    def _known_class(cls, value: str | int | None) -> str | int | None:
+        if value is None:
+            return None
+        if isinstance(value, int) or (isinstance(value, str) and value.isdigit()):
+            if not 0 <= int(value) < len(CIFAR10_CLASSES):
+                raise ValueError(f"class index must be in [0, {len(CIFAR10_CLASSES) - 1}]")
+            return int(value)
+        if value not in CIFAR10_CLASSES:
+            raise ValueError(f"unknown class {value!r}; expected one of: {', '.join(CIFAR10_CLASSES)}")
+        return value
+
+
+class DiffusionRequest(_Request):
+    steps: int = Field(1000, ge=1, le=1000, description="denoising steps; 1000 = full DDPM")
+    sampler: Literal["ddpm", "ddim"] | None = Field(
+        None, description="default: ddpm for 1000 steps, ddim for fewer (ddpm needs all 1000)"
+    )
+    eta: float = Field(0.0, ge=0.0, le=1.0, description="DDIM stochasticity: 0 deterministic, 1 DDPM-like")
+    guidance_scale: float = Field(1.0, ge=0.0, le=20.0, description="classifier-free guidance; 1 = none")
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"num_images": 4, "steps": 50, "class_label": "cat", "guidance_scale": 3}]},
+    )
+
+
+class EBMRequest(_Request):
+    steps: int | None = Field(None, ge=1, le=2000, description="Langevin steps; default: the model card's")
+    step_size: float | None = Field(None, gt=0.0, le=100.0, description="x -= step_size / 2 * clip(grad_x E)")
+    noise_scale: float | None = Field(None, ge=0.0, le=1.0, description="std of the noise added each step")
+
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"num_images": 4, "steps": 200, "class_label": "ship"}]}
+    )
+
+
+class JobAccepted(BaseModel):
+    job_id: str
+    status: JobState
+    status_url: str
+    queue_position: int | None = None
+
+
+class Progress(BaseModel):
+    step: int
+    total: int
+    fraction: float
+
+
+class JobResults(BaseModel):
+    images: list[str]
+    grid: str
+
+
+class JobStatus(BaseModel):
+    job_id: str
+    model: str
+    status: JobState
+    progress: Progress | None = None
+    queue_position: int | None = None
+    attempts: int = Field(0, description="executions started so far (more than 1: retried after a worker died)")
+    enqueued_at: datetime | None = None
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    parameters: dict[str, Any]
+    error: str | None = None
+    results: JobResults | None = None
+
+
+class CancelResponse(BaseModel):
+    job_id: str
+    status: Literal["canceled", "canceling"]
+
+
+class QueueInfo(BaseModel):
+    queued: int
+    started: int
+    workers: int
+
+
+class ModelsInfo(BaseModel):
+    models: dict[str, list[dict[str, Any]]] = Field(description="per model, what each live worker loaded")
+    queues: dict[str, QueueInfo]
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "degraded"]
+    redis: bool
+    workers: dict[str, int]
+
+
+class ErrorBody(BaseModel):
+    detail: str

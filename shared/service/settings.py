@@ -1,0 +1,44 @@
+"""Settings every process of the service reads from the environment (pydantic-settings).
+
+Each service has one `Settings` class with its own prefix; what they share lives here. `REDIS_URL`
+is read without a prefix, as RQ's tools and Docker images expect.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class QueueSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GENSERVICE_", extra="ignore")
+
+    redis_url: str = Field(
+        "redis://localhost:6379/0", validation_alias=AliasChoices("REDIS_URL", "GENSERVICE_REDIS_URL")
+    )
+    result_ttl: int = Field(24 * 3600, ge=60, description="seconds finished jobs and their PNGs are kept")
+    failure_ttl: int = Field(7 * 24 * 3600, ge=60, description="seconds failed jobs are kept")
+    diffusion_job_timeout: int = Field(
+        3 * 3600, ge=10, description="hard limit for one diffusion job (16 images x 1000 steps on a CPU fit)"
+    )
+    ebm_job_timeout: int = Field(3600, ge=10, description="hard limit for one EBM job")
+    heartbeat_ttl: int = Field(
+        60, ge=5, description="a started job whose worker is silent this long counts as abandoned and is retried"
+    )
+    max_retries: int = Field(2, ge=0, description="retries of a job whose worker died")
+
+    def job_timeout(self, model: str) -> int:
+        return self.diffusion_job_timeout if model == "diffusion" else self.ebm_job_timeout
+
+
+MODELS_DIR = Path(__file__).resolve().parent.parent.parent / "models"
+
+
+class WorkerSettings(QueueSettings):
+    """A model worker: which weights, on which device."""
+
+    diffusion_weights: Path = MODELS_DIR / "diffusion"
+    ebm_weights: Path = MODELS_DIR / "ebm"
+    device: str = Field("auto", description="auto (cuda, mps, cpu), or a torch device name")

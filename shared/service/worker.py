@@ -1,0 +1,165 @@
+"""The RQ side of a model worker: one process that loads its model once and runs jobs in-process.
+
+Why not RQ's default forking `Worker`: it forks per job, which breaks CUDA initialised in the parent
+and would reload the model in every child. `SimpleWorker` runs jobs in the process that loaded the
+model, but sends no heartbeats while a job runs; `ModelWorker` makes each job's progress callback
+refresh the worker's and the job's heartbeats, so a running 1000-step job is never taken for
+abandoned, while a SIGKILLed worker's job is detected within `heartbeat_ttl` seconds and retried.
+Cancellation is a Redis flag the progress callback checks every step (RQ's stop-job command does
+nothing on a `SimpleWorker`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from redis import Redis
+from rq import Queue, SimpleWorker, get_current_job
+from rq.executions import Execution
+from rq.job import Job
+from rq.serializers import JSONSerializer
+
+from shared.images import grid_image, png_bytes, to_pil
+from shared.service import keys
+from shared.service.results import store_results
+from shared.service.settings import QueueSettings, WorkerSettings
+from shared.weights import WeightsError
+
+logger = logging.getLogger(__name__)
+
+_state: dict[str, Any] = {}  # the loaded model and the worker of this process
+
+
+class JobCanceledError(Exception):
+    """Raised from the progress callback when the job's cancel flag is set."""
+
+
+class ModelWorker(SimpleWorker):
+    """A SimpleWorker with short, progress-driven heartbeats and frequent registry maintenance."""
+
+    heartbeat_ttl = 60
+
+    def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
+        return self.heartbeat_ttl
+
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        _state["execution"] = None
+        super().execute_job(job, queue)
+
+    def prepare_execution(self, job: Job) -> Execution:
+        execution = super().prepare_execution(job)
+        _state["execution"] = execution
+        return execution
+
+    def beat(self, job: Job) -> None:
+        """Refresh this worker's, the job's and the started-registry entry's expiry."""
+        execution = _state.get("execution")
+        if execution is not None:
+            self.maintain_heartbeats(job, execution)
+
+
+class ProgressReporter:
+    """The per-step callback of one job: progress into job.meta, heartbeats, the cancel check."""
+
+    def __init__(self, job: Job, worker: ModelWorker | None, interval: float = 0.5) -> None:
+        self.job, self.worker, self.interval = job, worker, interval
+        self.redis: Redis = job.connection
+        self.last = 0.0
+
+    def __call__(self, step: int, total: int, preview: torch.Tensor | None = None) -> None:
+        if self.redis.exists(keys.cancel_flag(self.job.id)):
+            raise JobCanceledError(f"job {self.job.id} canceled at step {step}")
+        now = time.monotonic()
+        if now - self.last >= self.interval or step == total:
+            self.last = now
+            self.job.meta["progress"] = {"step": step, "total": total, "fraction": round(step / total, 4)}
+            self.job.save_meta()
+            if self.worker is not None:
+                self.worker.beat(self.job)
+
+
+def set_model(model: Any) -> None:
+    _state["model"] = model
+
+
+def get_model() -> Any:
+    if "model" not in _state:
+        raise RuntimeError("no model is loaded in this process: jobs run only inside a model worker")
+    return _state["model"]
+
+
+def run_job(total_steps: int, run: Callable[[ProgressReporter], torch.Tensor]) -> dict:
+    """Execute one sampling job inside the worker: progress, cancellation, PNGs into Redis.
+
+    `run(callback)` returns uint8 images (N, C, H, W). Returns the job's JSON result.
+    """
+    job = get_current_job()
+    if job is None:
+        raise RuntimeError("run_job must be called from an RQ job")
+    job.meta["attempts"] = int(job.meta.get("attempts", 0)) + 1
+    reporter = ProgressReporter(job, _state.get("worker"))
+    reporter(0, total_steps)  # publishes the attempt, and honours a cancel that came before the start
+    started = time.perf_counter()
+    try:
+        images = run(reporter)
+    except JobCanceledError:
+        logger.info("job %s canceled", job.id)
+        job.meta["canceled"] = True
+        job.save_meta()
+        return {"canceled": True}
+    seconds = time.perf_counter() - started
+    pngs = [png_bytes(to_pil(image)) for image in images]
+    ttl = _state["settings"].result_ttl if "settings" in _state else QueueSettings().result_ttl
+    store_results(job.connection, job.id, pngs, png_bytes(grid_image(images)), ttl)
+    logger.info("job %s: %d images in %.1f s", job.id, len(pngs), seconds)
+    return {"num_images": len(pngs), "seconds": round(seconds, 3)}
+
+
+def run_worker(model: str, loaded: Any, info: dict[str, Any], settings: QueueSettings, burst: bool = False) -> None:
+    """Publish what was loaded, then pull jobs from the model's queue until stopped (SIGTERM: warm stop)."""
+    redis = Redis.from_url(settings.redis_url)
+    name = f"{model}-{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
+    set_model(loaded)
+    _state["settings"] = settings
+    redis.hset(keys.model_info(model), name, json.dumps(info))
+    ModelWorker.heartbeat_ttl = settings.heartbeat_ttl
+    worker = ModelWorker([keys.QUEUES[model]], connection=redis, serializer=JSONSerializer, name=name)
+    worker.maintenance_interval = max(5, settings.heartbeat_ttl // 2)  # find abandoned jobs quickly
+    _state["worker"] = worker
+    logger.info("worker %s listening on queue %r", name, keys.QUEUES[model])
+    try:
+        worker.work(burst=burst, with_scheduler=False, logging_level="INFO")
+    finally:
+        redis.hdel(keys.model_info(model), name)
+
+
+def worker_main(model: str, load: Callable[[WorkerSettings], Any], argv: list[str] | None = None) -> int:
+    """Entry point of `python -m <model>_worker`: load the weights once, then serve the queue.
+
+    A missing or corrupt weights file stops the worker here, with the reason, before it takes a job.
+    `load` returns the pipeline; its `.card` and `.device` are published as the model's info.
+    """
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = WorkerSettings()
+    burst = bool(argv and "--burst" in argv)
+    try:
+        pipeline = load(settings)
+    except (WeightsError, ValueError) as exc:
+        logger.error("%s worker cannot start: %s", model, exc)
+        return 2
+    card = {k: v for k, v in pipeline.card.items() if k != "training"}
+    info = {
+        **card,
+        "training": pipeline.card.get("training", {}),
+        "device": str(pipeline.device),
+        "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    run_worker(model, pipeline, info, settings, burst=burst)
+    return 0
