@@ -99,6 +99,7 @@ class JobStore:
             progress=Progress(**progress) if progress else None,
             queue_position=self.queue(model).get_job_position(job.id) if state == "queued" else None,
             attempts=int(job.meta.get("attempts", 0)),
+            worker=job.worker_name,
             enqueued_at=job.enqueued_at,
             started_at=job.started_at,
             ended_at=job.ended_at,

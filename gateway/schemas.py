@@ -92,6 +92,7 @@ class JobStatus(BaseModel):
     progress: Progress | None = None
     queue_position: int | None = None
     attempts: int = Field(0, description="executions started so far (more than 1: retried after a worker died)")
+    worker: str | None = Field(None, description="the worker that ran (or runs) the job")
     enqueued_at: datetime | None = None
     started_at: datetime | None = None
     ended_at: datetime | None = None

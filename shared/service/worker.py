@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import socket
 import time
 import uuid
@@ -21,6 +22,7 @@ from typing import Any
 
 import torch
 from redis import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from rq import Queue, SimpleWorker, get_current_job
 from rq.executions import Execution
 from rq.job import Job
@@ -140,6 +142,20 @@ def run_worker(model: str, loaded: Any, info: dict[str, Any], settings: QueueSet
         redis.hdel(keys.model_info(model), name)
 
 
+def wait_for_redis(url: str, timeout: float = 30.0) -> Redis:
+    """A connection once Redis answers (the local runner starts Redis and the workers together)."""
+    redis = Redis.from_url(url)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            redis.ping()
+            return redis
+        except RedisConnectionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.25)
+
+
 def worker_main(model: str, load: Callable[[WorkerSettings], Any], argv: list[str] | None = None) -> int:
     """Entry point of `python -m <model>_worker`: load the weights once, then serve the queue.
 
@@ -154,11 +170,18 @@ def worker_main(model: str, load: Callable[[WorkerSettings], Any], argv: list[st
     except (WeightsError, ValueError) as exc:
         logger.error("%s worker cannot start: %s", model, exc)
         return 2
+    try:
+        wait_for_redis(settings.redis_url)
+    except RedisConnectionError as exc:
+        logger.error("%s worker cannot reach Redis at %s: %s", model, settings.redis_url, exc)
+        return 3
     card = {k: v for k, v in pipeline.card.items() if k != "training"}
     info = {
         **card,
         "training": pipeline.card.get("training", {}),
         "device": str(pipeline.device),
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
         "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     run_worker(model, pipeline, info, settings, burst=burst)

@@ -1,0 +1,93 @@
+"""A command-line client: submit a job, follow its progress with a bar, save the PNGs.
+
+python -m gateway.client diffusion --n 8 --steps 1000 --out out/grid.png
+python -m gateway.client diffusion --n 4 --steps 50 --class-label cat --guidance-scale 3
+python -m gateway.client ebm --n 8 --class-label ship --url http://gpu-box:8000
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+from tqdm import tqdm
+
+TERMINAL = ("finished", "failed", "canceled")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", choices=["diffusion", "ebm"])
+    p.add_argument("--url", default="http://localhost:8000", help="the gateway")
+    p.add_argument("--n", type=int, default=4, help="number of images")
+    p.add_argument(
+        "--steps", type=int, default=None, help="diffusion: 1000 (DDPM) or fewer (DDIM); ebm: Langevin steps"
+    )
+    p.add_argument("--class-label", default=None, help="a CIFAR-10 class name or index")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--guidance-scale", type=float, default=None, help="diffusion only")
+    p.add_argument("--out", type=Path, default=Path("out/grid.png"), help="grid PNG; images go next to it")
+    p.add_argument("--poll", type=float, default=0.5, help="seconds between status requests")
+    return p
+
+
+def request_body(args: argparse.Namespace) -> dict[str, Any]:
+    body: dict[str, Any] = {"num_images": args.n}
+    for name in ("steps", "class_label", "seed", "guidance_scale"):
+        if getattr(args, name) is not None:
+            body[name] = getattr(args, name)
+    return body
+
+
+def follow(client: httpx.Client, status_url: str, poll: float) -> dict[str, Any]:
+    """Poll until the job ends, with a bar over its steps; returns the last status."""
+    with tqdm(desc="queued", unit="step") as bar:
+        while True:
+            status = client.get(status_url).raise_for_status().json()
+            progress = status.get("progress")
+            if status["status"] == "queued":
+                bar.set_description(f"queued (position {status.get('queue_position')})")
+            elif progress:
+                bar.set_description(status["status"])
+                bar.total = progress["total"]
+                bar.n = progress["step"]
+                bar.refresh()
+            if status["status"] in TERMINAL:
+                return status
+            time.sleep(poll)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    with httpx.Client(base_url=args.url, timeout=30) as client:
+        response = client.post(f"/generate/{args.model}", json=request_body(args))
+        if response.status_code != 202:
+            print(f"rejected ({response.status_code}): {response.text}", file=sys.stderr)
+            return 2
+        accepted = response.json()
+        try:
+            status = follow(client, accepted["status_url"], args.poll)
+        except KeyboardInterrupt:
+            client.delete(f"/jobs/{accepted['job_id']}")
+            print(f"canceled job {accepted['job_id']}", file=sys.stderr)
+            return 130
+        if status["status"] != "finished":
+            print(f"job {status['job_id']} {status['status']}: {status.get('error') or ''}", file=sys.stderr)
+            return 1
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_bytes(client.get(status["results"]["grid"]).raise_for_status().content)
+        images_dir = args.out.with_name(args.out.stem + "_images")
+        images_dir.mkdir(exist_ok=True)
+        for k, url in enumerate(status["results"]["images"]):
+            (images_dir / f"{k}.png").write_bytes(client.get(url).raise_for_status().content)
+    print(f"job {status['job_id']} (seed {status['parameters']['seed']}): {args.out}, {images_dir}/", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

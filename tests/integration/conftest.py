@@ -1,0 +1,22 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.stack import Stack
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    live = Stack(tmp_path_factory.mktemp("stack")).start()
+    try:
+        yield live
+    finally:
+        live.close()
+
+
+@pytest.fixture
+def workdir(stack: Stack) -> Path:
+    return stack.workdir
