@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import httpx
 from fastapi import FastAPI, Request, status
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from redis import Redis
 from redis.exceptions import RedisError
@@ -16,6 +20,17 @@ from gateway.routes import generate, jobs, legacy, system
 from gateway.settings import GatewaySettings, get_settings
 
 logger = logging.getLogger(__name__)
+
+
+def json_safe(value: Any) -> Any:
+    """value with every non-finite float replaced by its string ("nan", "inf"), so it encodes as JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def create_app(settings: GatewaySettings | None = None) -> FastAPI:
@@ -40,6 +55,13 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.dependency_overrides[get_settings] = lambda: settings
     for module in (generate, jobs, system, legacy):
         app.include_router(module.router)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's own handler echoes the input back, and NaN or Infinity in it cannot be encoded (a 500).
+        return JSONResponse(
+            {"detail": json_safe(jsonable_encoder(exc.errors()))}, status.HTTP_422_UNPROCESSABLE_CONTENT
+        )
 
     @app.exception_handler(RedisError)
     async def redis_down(request: Request, exc: RedisError) -> JSONResponse:

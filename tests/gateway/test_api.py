@@ -1,0 +1,153 @@
+"""The gateway in-process (FastAPI's TestClient) against a real Redis: validation, errors, OpenAPI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from redis import Redis
+
+from gateway.app import create_app
+from gateway.deps import get_text_client
+from gateway.settings import GatewaySettings
+from tests.integration.stack import ROOT, free_port, wait_until
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port = free_port()
+    directory: Path = tmp_path_factory.mktemp("redis")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "shared.service.redis_server", "--port", str(port), "--dir", str(directory),
+         "--no-appendonly"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"redis://127.0.0.1:{port}/0"
+    wait_until(lambda: _ping(url), 20, "Redis")
+    yield url
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def _ping(url: str) -> bool:
+    try:
+        return bool(Redis.from_url(url).ping())
+    except Exception:
+        return False
+
+
+@pytest.fixture(scope="module")
+def client(redis_url: str) -> Iterator[TestClient]:
+    settings = GatewaySettings(redis_url=redis_url, text_service_url=f"http://127.0.0.1:{free_port()}")
+    with TestClient(create_app(settings)) as test_client:
+        yield test_client
+
+
+def test_accepted_job_has_location_seed_and_queue_position(client: TestClient) -> None:
+    response = client.post("/generate/diffusion", json={"num_images": 2, "steps": 10})
+    assert response.status_code == 202
+    body = response.json()
+    assert response.headers["location"] == body["status_url"] and body["status"] == "queued"
+    assert isinstance(body["queue_position"], int)
+    status = client.get(f"/jobs/{body['job_id']}").json()
+    assert status["status"] == "queued" and status["results"] is None
+    assert 0 <= status["parameters"]["seed"] < 2**31  # chosen by the gateway and recorded
+    assert client.get(f"/jobs/{body['job_id']}/grid.png").status_code == 409
+    assert client.delete(f"/jobs/{body['job_id']}").json()["status"] == "canceled"
+    assert client.get(f"/jobs/{body['job_id']}").json()["status"] == "canceled"
+
+
+@pytest.mark.parametrize(
+    ("route", "body", "field"),
+    [
+        ("diffusion", {"num_images": 65}, "num_images"),
+        ("diffusion", {"steps": 0}, "steps"),
+        ("diffusion", {"steps": 1001}, "steps"),
+        ("diffusion", {"sampler": "euler"}, "sampler"),
+        ("diffusion", {"eta": 1.5}, "eta"),
+        ("diffusion", {"guidance_scale": -1}, "guidance_scale"),
+        ("diffusion", {"class_label": 10}, "class_label"),
+        ("diffusion", {"class_label": "unicorn"}, "class_label"),
+        ("diffusion", {"seed": -1}, "seed"),
+        ("diffusion", {"colour": "red"}, "colour"),
+        ("ebm", {"steps": 0}, "steps"),
+        ("ebm", {"step_size": 0}, "step_size"),
+        ("ebm", {"noise_scale": 2}, "noise_scale"),
+        ("ebm", {"num_images": "many"}, "num_images"),
+    ],
+)
+def test_out_of_range_fields_are_422_naming_the_field(client: TestClient, route: str, body: dict, field: str) -> None:
+    response = client.post(f"/generate/{route}", json=body)
+    assert response.status_code == 422
+    assert [error["loc"][-1] for error in response.json()["detail"]] == [field]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    body=st.dictionaries(
+        st.sampled_from(["num_images", "steps", "eta", "seed", "class_label", "guidance_scale"]),
+        st.one_of(st.integers(-10, 2000), st.floats(allow_nan=True), st.text(max_size=5), st.none()),
+    )
+)
+def test_any_body_gets_202_or_422_never_500(client: TestClient, body: dict) -> None:  # fmt: skip
+    raw = json.dumps(body)  # NaN and Infinity included, as a careless client would send them
+    response = client.post("/generate/diffusion", content=raw, headers={"content-type": "application/json"})
+    assert response.status_code in (202, 422)
+
+
+def test_unknown_jobs_are_404(client: TestClient) -> None:
+    for path in ("/jobs/not-a-uuid", "/jobs/00000000-0000-4000-8000-000000000000/grid.png"):
+        assert client.get(path).status_code == 404
+    assert client.delete("/jobs/00000000-0000-4000-8000-000000000000").status_code == 404
+
+
+def test_text_service_down_is_503(client: TestClient) -> None:
+    response = client.post("/generate_with_rnn", json={"start_word": "the", "length": 3, "temperature": 1})
+    assert response.status_code == 503 and "unavailable" in response.json()["detail"]
+
+
+def test_redis_down_is_503_and_health_stays_up() -> None:
+    settings = GatewaySettings(redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    with TestClient(create_app(settings)) as down:
+        response = down.post("/generate/diffusion", json={})
+        assert response.status_code == 503 and "Redis" in response.json()["detail"]
+        assert down.get("/ready").status_code == 503
+        assert down.get("/health").json() == {"status": "ok"}
+
+
+def test_openapi_documents_every_route_with_a_response_model(client: TestClient) -> None:
+    spec = client.get("/openapi.json").json()
+    for path in ("/generate/diffusion", "/generate/ebm", "/jobs/{job_id}", "/models/info", "/ready"):
+        operation = next(iter(spec["paths"][path].values()))
+        ok = next(code for code in operation["responses"] if code.startswith("2"))
+        assert "$ref" in str(operation["responses"][ok]), path
+    assert {"/generate", "/generate_with_rnn", "/embed", "/similarity"} <= set(spec["paths"])
+
+
+def test_the_gateway_does_not_import_torch() -> None:
+    code = "import sys, gateway.app, gateway.client; assert 'torch' not in sys.modules"
+    assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0
+
+
+def test_proxy_passes_requests_and_answers_through(client: TestClient) -> None:
+    seen: dict[str, object] = {}
+
+    def upstream(request: httpx.Request) -> httpx.Response:
+        seen["path"], seen["body"] = request.url.path, request.content
+        return httpx.Response(404, json={"detail": "unknown start word 'zzz'"})
+
+    mock = httpx.AsyncClient(transport=httpx.MockTransport(upstream), base_url="http://text")
+    client.app.dependency_overrides[get_text_client] = lambda: mock  # type: ignore[attr-defined]
+    try:
+        response = client.post("/generate", json={"start_word": "zzz", "length": 3})
+    finally:
+        client.app.dependency_overrides.pop(get_text_client)  # type: ignore[attr-defined]
+    assert seen == {"path": "/generate", "body": b'{"start_word":"zzz","length":3}'}
+    assert response.status_code == 404 and response.json() == {"detail": "unknown start word 'zzz'"}
