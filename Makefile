@@ -1,4 +1,4 @@
-# Two commands on a fresh machine:  `make sample` (the main job)  and  `make test`.
+# Two commands on a fresh machine:  `make up` (the service)  and  `make test`.
 # Both create .venv and install what they need; later calls reuse it.
 
 PYTHON ?= python3
@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 EXTRAS ?= all
 STAMP := $(VENV)/.installed-$(EXTRAS)
 
-.PHONY: install test lint sample train clean
+.PHONY: install up test lint sample train train-ebm clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,6 +16,15 @@ $(STAMP): pyproject.toml
 	touch $@
 
 install: $(STAMP)
+
+## up: Redis, the gateway on :8000, the text service on :8001 and the workers; Ctrl-C stops all.
+## Scale with `make up DIFFUSION_WORKERS=3 EBM_WORKERS=2`; with REDIS_URL set, use that Redis instead.
+DIFFUSION_WORKERS ?= 1
+EBM_WORKERS ?= 1
+UP_PROCESSES := $(if $(REDIS_URL),gateway text diffusion ebm,)
+up: $(STAMP)
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/honcho start -f Procfile \
+		-c diffusion=$(DIFFUSION_WORKERS),ebm=$(EBM_WORKERS) $(UP_PROCESSES)
 
 ## test: lint, then the whole test suite
 test: $(STAMP)
@@ -31,10 +40,14 @@ SAMPLE_ARGS ?= --n 16 --steps 100 --class-label all --guidance-scale 2 --out out
 sample: $(STAMP)
 	$(PY) -m diffusion_worker.sample $(SAMPLE_ARGS)
 
-## train: train the diffusion model (see README for the flags)
+## train / train-ebm: train the models (see README for the flags)
 TRAIN_ARGS ?= --epochs 50 --batch-size 128
 train: $(STAMP)
 	$(PY) -m training.train_diffusion $(TRAIN_ARGS)
+
+EBM_TRAIN_ARGS ?= --epochs 30 --batch-size 64
+train-ebm: $(STAMP)
+	$(PY) -m training.train_ebm $(EBM_TRAIN_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

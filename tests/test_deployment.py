@@ -1,43 +1,107 @@
-"""The deployment files parse and agree with the code: compose services, GPU reservations, Dockerfile, CI."""
+"""The deployment files agree with the code: compose services, settings names, GPU reservations,
+healthchecks, Dockerfiles, the Procfile and CI. (No Docker engine runs here, so this is what checks them.)"""
 
 from __future__ import annotations
 
 import re
+import shlex
 from pathlib import Path
 
 import yaml
 
+from gateway.settings import GatewaySettings
+from shared.service.settings import WorkerSettings
+from text_service.settings import Settings as TextSettings
+
 ROOT = Path(__file__).resolve().parent.parent
+SERVICES = ("redis", "gateway", "diffusion_worker", "ebm_worker", "text_service")
 
 
 def compose() -> dict:
     return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 
 
-def test_compose_has_redis_with_persistence_and_a_healthcheck() -> None:
-    redis = compose()["services"]["redis"]
-    assert "--appendonly" in redis["command"]
-    assert redis["healthcheck"]["test"][-1] == "ping"
+def procfile() -> dict[str, str]:
+    lines = [line for line in (ROOT / "Procfile").read_text().splitlines() if line and not line.startswith("#")]
+    return dict(line.split(": ", 1) for line in lines)
 
 
-def test_gpu_services_reserve_an_nvidia_device_and_run_real_modules() -> None:
+def settings_env_names() -> set[str]:
+    names = {"REDIS_URL"}
+    for cls in (GatewaySettings, WorkerSettings):
+        names |= {f"GENSERVICE_{name.upper()}" for name in cls.model_fields}
+    names |= {f"TEXT_{name.upper()}" for name in TextSettings.model_fields}
+    return names
+
+
+def module_exists(module: str) -> bool:
+    path = ROOT / module.replace(".", "/")
+    return path.with_suffix(".py").is_file() or (path / "__main__.py").is_file()
+
+
+def test_every_service_is_there_with_a_healthcheck() -> None:
     services = compose()["services"]
-    for name in ("train_diffusion", "sample_diffusion", "train_ebm", "sample_ebm"):
-        service = services[name]
-        devices = service["deploy"]["resources"]["reservations"]["devices"]
-        assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
-        module = service["entrypoint"][service["entrypoint"].index("-m") + 1]
-        assert (ROOT / (module.replace(".", "/") + ".py")).is_file(), module
+    for name in SERVICES:
+        assert name in services, name
+        assert "healthcheck" in services[name], f"{name} has no healthcheck"
 
 
-def test_dockerfile_copies_every_package() -> None:
-    dockerfile = (ROOT / "Dockerfile").read_text()
-    copied = set(re.findall(r"^COPY (\w+) ", dockerfile, flags=re.MULTILINE))
+def test_only_the_gateway_is_published_and_redis_is_protected() -> None:
+    services = compose()["services"]
+    published = {name for name, service in services.items() if service.get("ports")}
+    assert published == {"gateway"}
+    redis = services["redis"]
+    assert "--appendonly" in redis["command"] and "--requirepass" in redis["command"]
+    assert "${REDIS_PASSWORD" in services["gateway"]["environment"]["REDIS_URL"]
+
+
+def test_workers_reserve_a_gpu_scale_and_stop_gracefully() -> None:
+    services = compose()["services"]
+    for name in ("diffusion_worker", "ebm_worker"):
+        worker = services[name]
+        device = worker["deploy"]["resources"]["reservations"]["devices"][0]
+        assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
+        assert "container_name" not in worker  # a fixed name would forbid --scale
+        assert worker["stop_grace_period"].endswith("m")
+        assert worker["depends_on"]["redis"]["condition"] == "service_healthy"
+
+
+def test_commands_name_real_modules_and_match_the_procfile() -> None:
+    services = compose()["services"]
+    local = procfile()
+    for service, process in (("gateway", "gateway"), ("diffusion_worker", "diffusion"), ("ebm_worker", "ebm"),
+                             ("text_service", "text")):  # fmt: skip
+        command = services[service]["command"]
+        assert command[:2] == ["python", "-m"] and module_exists(command[2]), command
+        assert shlex.split(local[process]) == command, f"{service} runs differently in the Procfile"
+    for name, service in services.items():
+        entry = service.get("entrypoint")
+        if entry:
+            assert module_exists(entry[entry.index("-m") + 1]), name
+
+
+def test_environment_names_match_the_settings_fields() -> None:
+    known = settings_env_names()
+    for name, service in compose()["services"].items():
+        if name == "redis":
+            continue
+        unknown = set(service.get("environment", {})) - known
+        assert not unknown, f"{name} sets {unknown}, which no Settings class reads"
+
+
+def test_dockerfiles_copy_every_package_and_run_as_non_root() -> None:
     packages = {p.parent.name for p in ROOT.glob("*/__init__.py") if p.parent.name != "tests"}
-    assert packages <= copied, packages - copied
+    for dockerfile in (ROOT / "docker").glob("*.Dockerfile"):
+        text = dockerfile.read_text()
+        copied = set(re.findall(r"^COPY (\w+) ", text, flags=re.MULTILINE))
+        assert packages <= copied, (dockerfile.name, packages - copied)
+        assert re.search(r"^USER (?!root)", text, flags=re.MULTILINE), dockerfile.name
+    for service in compose()["services"].values():
+        build = service.get("build")
+        if build:
+            assert (ROOT / build["dockerfile"]).is_file()
 
 
 def test_ci_runs_the_readme_test_command() -> None:
-    readme = (ROOT / "README.md").read_text()
-    assert "make test" in readme
+    assert "make test" in (ROOT / "README.md").read_text()
     assert "make test" in (ROOT / ".ci" / "run").read_text()

@@ -38,7 +38,7 @@ class ReplayBuffer:
         index = torch.randint(0, len(self), (batch_size,), device=self.images.device)
         x = self.images[index]
         fresh = torch.rand(batch_size, device=x.device) < self.reinit_prob
-        x = torch.where(fresh.view(-1, 1, 1, 1), self._noise(x.shape, x.device), x)
+        x = torch.where(fresh.view(-1, *([1] * (x.ndim - 1))), self._noise(x.shape, x.device), x)
         return index, x
 
     def update(self, index: torch.Tensor, x: torch.Tensor) -> None:

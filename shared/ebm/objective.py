@@ -36,6 +36,8 @@ def contrastive_divergence_loss(
     ce_weight: float = 1.0,
 ) -> CDTerms:
     """CD loss on data x_pos and (detached) negatives x_neg; with labels, plus ce_weight * CE."""
+    if x_pos.shape != x_neg.shape:
+        raise ValueError(f"data {tuple(x_pos.shape)} and negatives {tuple(x_neg.shape)} must have the same shape")
     x_neg = x_neg.detach()
     logits = net(torch.cat([x_pos, x_neg]))  # one forward for both: (2B, K)
     logits_pos, logits_neg = logits.chunk(2)

@@ -5,6 +5,7 @@ import itertools
 import pytest
 import torch
 
+from shared.diffusion.analytic import gaussian_denoiser
 from shared.diffusion.process import DiffusionConfig, GaussianDiffusion
 from shared.diffusion.samplers import (
     Spacing,
@@ -79,20 +80,6 @@ def test_ddim_eta1_over_all_steps_is_ddpm_with_posterior_variance(tiny_unet: UNe
 
 
 # -------------------------------------------------------------------------------- reproducibility
-def gaussian_denoiser(d: GaussianDiffusion, mu: float, s: float):
-    """The exact eps-prediction for data x_0 ~ N(mu, s^2): E[eps | x_t] in closed form.
-
-    x_t = sqrt(ab) x_0 + sqrt(1 - ab) eps is Gaussian, so E[eps | x_t] = Cov(eps, x_t) / Var(x_t) (x_t - E x_t)
-    = sqrt(1 - ab) (x_t - sqrt(ab) mu) / (ab s^2 + 1 - ab).
-    """
-
-    def eps(x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
-        ab = d.alphas_cumprod[t].view(-1, 1, 1, 1)
-        return (x - ab.sqrt() * mu) * (1 - ab).sqrt() / (ab * s * s + 1 - ab)
-
-    return eps
-
-
 @pytest.mark.parametrize("variance", ["beta", "posterior"])
 def test_ddpm_with_the_exact_denoiser_samples_the_data_distribution(
     diffusion100: GaussianDiffusion, variance: str
