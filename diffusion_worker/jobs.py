@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
+
+import torch
 
 from diffusion_worker.sample import generate
 from shared.diffusion.pipeline import DiffusionPipeline, SampleParams
 from shared.diffusion.samplers import SamplerKind
 from shared.labels import labels_for
 from shared.seeding import seeds_from
-from shared.service.worker import get_model, run_job
+from shared.service.worker import ProgressReporter, get_model, run_job
 
 
 def params_from_request(pipeline: DiffusionPipeline, request: dict[str, Any]) -> SampleParams:
@@ -38,5 +41,9 @@ def params_from_request(pipeline: DiffusionPipeline, request: dict[str, Any]) ->
 
 def generate_images(request: dict[str, Any]) -> dict[str, Any]:
     pipeline: DiffusionPipeline = get_model()
-    params = params_from_request(pipeline, request)
-    return run_job(params.steps, lambda callback: generate(pipeline, params, callback))
+
+    def prepare() -> tuple[int, Callable[[ProgressReporter], torch.Tensor]]:
+        params = params_from_request(pipeline, request)
+        return params.steps, lambda callback: generate(pipeline, params, callback)
+
+    return run_job(prepare)

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
+
+import torch
 
 from ebm_worker.sample import generate
 from shared.ebm.pipeline import EBMPipeline, EBMSampleParams
 from shared.labels import labels_for
 from shared.seeding import seeds_from
-from shared.service.worker import get_model, run_job
+from shared.service.worker import ProgressReporter, get_model, run_job
 
 
 def params_from_request(pipeline: EBMPipeline, request: dict[str, Any]) -> EBMSampleParams:
@@ -33,5 +36,9 @@ def params_from_request(pipeline: EBMPipeline, request: dict[str, Any]) -> EBMSa
 
 def generate_images(request: dict[str, Any]) -> dict[str, Any]:
     pipeline: EBMPipeline = get_model()
-    params = params_from_request(pipeline, request)
-    return run_job(params.langevin.steps, lambda callback: generate(pipeline, params, callback))
+
+    def prepare() -> tuple[int, Callable[[ProgressReporter], torch.Tensor]]:
+        params = params_from_request(pipeline, request)
+        return params.langevin.steps, lambda callback: generate(pipeline, params, callback)
+
+    return run_job(prepare)

@@ -15,6 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from redis import Redis
 from redis.exceptions import RedisError
+from rq.exceptions import InvalidJobOperation, NoSuchJobError
 
 from gateway.routes import generate, jobs, legacy, system
 from gateway.settings import GatewaySettings, get_settings
@@ -62,6 +63,14 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         return JSONResponse(
             {"detail": json_safe(jsonable_encoder(exc.errors()))}, status.HTTP_422_UNPROCESSABLE_CONTENT
         )
+
+    @app.exception_handler(NoSuchJobError)
+    async def job_gone(request: Request, exc: NoSuchJobError) -> JSONResponse:
+        return JSONResponse({"detail": "no such job (it may have expired)"}, status.HTTP_404_NOT_FOUND)
+
+    @app.exception_handler(InvalidJobOperation)
+    async def job_conflict(request: Request, exc: InvalidJobOperation) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status.HTTP_409_CONFLICT)
 
     @app.exception_handler(RedisError)
     async def redis_down(request: Request, exc: RedisError) -> JSONResponse:

@@ -69,15 +69,42 @@ class JobStore:
         except (ValueError, NoSuchJobError):
             return None
 
+    def reap(self, queue: Queue) -> None:
+        """Retry (or fail) jobs whose worker died, under RQ's maintenance lock so that no other
+        gateway replica or worker handles the same job at the same time (it would be enqueued twice)."""
+        if queue.acquire_maintenance_lock():
+            try:
+                queue.started_job_registry.cleanup()
+            finally:
+                queue.release_maintenance_lock()
+
+    def canceled(self, job: Job) -> bool:
+        return bool(self.redis.exists(keys.cancel_flag(job.id)))
+
     def state(self, job: Job) -> JobState:
         status = job.get_status(refresh=True)
-        if status == RQStatus.STARTED:
-            # A dead worker's job is found here at the latest: its heartbeat expired.
-            self.queue(job.meta["model"]).started_job_registry.cleanup()
+        model = job.meta.get("model")
+        if status == RQStatus.STARTED and model in keys.QUEUES:
+            self.reap(self.queue(model))  # a dead worker's job is found here at the latest
             status = job.get_status(refresh=True)
+        if self.canceled(job):
+            if status in (RQStatus.QUEUED, RQStatus.SCHEDULED, RQStatus.DEFERRED):
+                self._cancel_queued(job)  # requeued after its worker died: it must not run
+                return "canceled"
+            if status == RQStatus.FAILED:
+                return "canceled"  # its worker died after the cancel request
         if status == RQStatus.FINISHED and job.meta.get("canceled"):
             return "canceled"
         return _STATES.get(status, "queued") if status is not None else "failed"
+
+    def _cancel_queued(self, job: Job) -> None:
+        if job.is_canceled:
+            return
+        job.cancel()
+        with self.redis.pipeline() as pipe:  # RQ keeps canceled jobs forever; ours expire like results
+            pipe.expire(job.key, self.settings.result_ttl)
+            pipe.zrem(self.queue(job.meta.get("model", "diffusion")).canceled_job_registry.key, job.id)
+            pipe.execute()
 
     def describe(self, job: Job, base_url: str) -> JobStatus:
         state = self.state(job)
@@ -113,10 +140,12 @@ class JobStore:
         state = self.state(job)
         if state in ("finished", "failed", "canceled"):
             raise JobConflictError(f"job {job.id} is already {state}")
-        # The flag also stops a job that a worker dequeues in the same instant.
-        self.redis.set(keys.cancel_flag(job.id), 1, ex=self.settings.job_timeout(job.meta.get("model", "diffusion")))
+        # The flag stops a running job at its next step, and a job a worker dequeues in the same instant;
+        # it outlives any retry of the job.
+        ttl = max(self.settings.failure_ttl, self.settings.result_ttl)
+        self.redis.set(keys.cancel_flag(job.id), 1, ex=ttl)
         if state == "queued":
-            job.cancel()
+            self._cancel_queued(job)
             return "canceled"
         return "canceling"
 
@@ -124,7 +153,7 @@ class JobStore:
         queue = self.queue(model)
         return QueueInfo(
             queued=queue.count,
-            started=queue.started_job_registry.count,
+            started=int(self.redis.zcard(queue.started_job_registry.key)),
             workers=Worker.count(queue=queue),
         )
 

@@ -6,10 +6,11 @@ import secrets
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 MAX_SEED = 2**63 - 1
+DDPM_STEPS = 1000  # T of the shipped diffusion model
 JobState = Literal["queued", "started", "finished", "failed", "canceled"]
 
 
@@ -28,6 +29,13 @@ class _Request(BaseModel):
     seed: int | None = Field(
         None, ge=0, le=MAX_SEED - 64, description="image k uses seed + k; omitted: chosen and recorded"
     )
+
+    @field_validator("class_label", mode="before")
+    @classmethod
+    def _not_a_boolean(cls, value: object) -> object:
+        if isinstance(value, bool):
+            raise ValueError("a class label is a name or an index, not true/false")
+        return value
 
     @field_validator("class_label")
     @classmethod
@@ -55,6 +63,12 @@ class DiffusionRequest(_Request):
         extra="forbid",
         json_schema_extra={"examples": [{"num_images": 4, "steps": 50, "class_label": "cat", "guidance_scale": 3}]},
     )
+
+    @model_validator(mode="after")
+    def _ddpm_runs_every_step(self) -> DiffusionRequest:
+        if self.sampler == "ddpm" and self.steps != DDPM_STEPS:
+            raise ValueError(f"the ddpm sampler runs all {DDPM_STEPS} steps; use sampler 'ddim' for {self.steps}")
+        return self
 
 
 class EBMRequest(_Request):

@@ -54,6 +54,7 @@ def save_model_dir(
     }
     tmp = out / (WEIGHTS_FILE + ".tmp")
     save_file(tensors, str(tmp), metadata={"format": "pt"})
+    tmp.chmod(0o644)  # safetensors writes 0600; a container's non-root user must read shipped weights
     os.replace(tmp, out / WEIGHTS_FILE)
     _atomic_write_bytes(out / CARD_FILE, (json.dumps(card, indent=2, sort_keys=True) + "\n").encode())
     logger.info("saved %d tensors to %s", len(tensors), out)

@@ -26,6 +26,19 @@ from training.data import ImageDataset, iterate_batches, load_image_dataset
 logger = logging.getLogger(__name__)
 
 C = TypeVar("C")
+
+
+class DivergenceError(RuntimeError):
+    """Training produced non-finite values (or diverged beyond recovery); nothing is exported."""
+
+
+def all_finite(module: nn.Module) -> bool:
+    """True when every parameter and buffer of `module` is finite."""
+    return all(
+        bool(torch.isfinite(t).all()) for t in [*module.parameters(), *module.buffers()] if t.is_floating_point()
+    )
+
+
 CHECKPOINT_FILE = "checkpoint.pt"
 
 

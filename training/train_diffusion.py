@@ -37,7 +37,9 @@ from shared.images import grid_image, to_uint8
 from shared.weights import count_parameters
 from training.common import (
     Budget,
+    DivergenceError,
     add_dataclass_arguments,
+    all_finite,
     configure_logging,
     dataclass_from_args,
     epochs_of_batches,
@@ -188,6 +190,8 @@ def init_state(cfg: TrainConfig, dataset: ImageDataset, device: torch.device) ->
     elif warm is not None:
         ema.module.load_state_dict(warm.unet.state_dict())
         previous = warm.card.get("training", {})
+        # Continue the average instead of restarting its warm-up: the shipped weights already are one.
+        ema.n_averaged.fill_(max(1, int(previous.get("steps", 0))))
         state.history = {
             "images_seen_before": previous.get("images_seen_total", 0),
             "warm_started_from": warm.card.get("sha256", ""),
@@ -314,6 +318,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             if state.step >= total_steps:
                 break
             value = train_step(state, eps_model, x0, labels, cfg)
+            if not math.isfinite(value):
+                raise DivergenceError(f"the loss is {value} at step {state.step}")
             loss_ema = value if math.isnan(loss_ema) else 0.98 * loss_ema + 0.02 * value
             bar.update(1)
             bar.set_postfix(loss=f"{loss_ema:.4f}", img_s=f"{(bar.format_dict['rate'] or 0) * cfg.batch_size:.0f}")
@@ -331,6 +337,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         bar.close()
 
     logger.info("stopping at step %d: %s", state.step, reason)
+    if not all_finite(state.ema.module):
+        raise DivergenceError(f"the EMA weights hold non-finite values at step {state.step}")
     save_checkpoint(out, checkpoint_state(state, cfg))
     grid = sample_grid(state, cfg, out / "samples" / f"step_{state.step:07d}.png")
     result = summary(state, cfg, steps_per_epoch, loss_ema, budget.elapsed)
@@ -344,7 +352,11 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     configure_logging()
     cfg = dataclass_from_args(TrainConfig, build_parser().parse_args(argv))
-    train(cfg)
+    try:
+        train(cfg)
+    except DivergenceError as exc:
+        logger.error("%s; nothing exported, the last good checkpoint is in %s", exc, cfg.out)
+        return 1
     return 0
 
 

@@ -42,7 +42,9 @@ from shared.images import grid_image, to_uint8
 from shared.weights import count_parameters
 from training.common import (
     Budget,
+    DivergenceError,
     add_dataclass_arguments,
+    all_finite,
     configure_logging,
     dataclass_from_args,
     epochs_of_batches,
@@ -59,10 +61,6 @@ from training.replay_buffer import ReplayBuffer
 logger = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-
-
-class DivergenceError(RuntimeError):
-    """Training diverged more often than --max-restores allows."""
 
 
 @dataclass(frozen=True)
@@ -294,6 +292,45 @@ def summary(state: TrainState, cfg: TrainConfig, terms: CDTerms | None, seconds:
     }
 
 
+def run_steps(
+    state: TrainState,
+    dataset: ImageDataset,
+    cfg: TrainConfig,
+    device: torch.device,
+    total_steps: int,
+    budget: Budget,
+    bar: tqdm,
+) -> tuple[CDTerms | None, str]:
+    """Train until total_steps or the budget; a diverged step rolls back and restarts the data stream."""
+    terms: CDTerms | None = None
+    while state.step < total_steps:
+        batches = epochs_of_batches(dataset, cfg.batch_size, cfg.seed, device, lambda: state.step)
+        for x, labels in batches:
+            if state.step >= total_steps:
+                break
+            step_terms = train_step(state, x, labels if state.net.config.num_classes else None, cfg)  # type: ignore[arg-type]
+            problem = diverged(step_terms, cfg.divergence_threshold) or (
+                None if all_finite(state.net) else "the weights hold non-finite values"
+            )
+            if problem:
+                recover(state, cfg, problem)
+                bar.n = state.step
+                bar.refresh()
+                break  # a fresh data stream from the restored step
+            terms = step_terms
+            bar.update(1)
+            bar.set_postfix(
+                e_pos=f"{terms.energy_pos:.3f}", e_neg=f"{terms.energy_neg:.3f}", loss=f"{terms.loss.item():.4f}"
+            )
+            if state.step % cfg.checkpoint_every == 0:
+                save_checkpoint(Path(cfg.out), checkpoint_state(state, cfg))
+            if state.step % cfg.sample_every == 0:
+                sample_grid(state, cfg, Path(cfg.out) / "samples" / f"step_{state.step:07d}.png")
+            if budget.exhausted():
+                return terms, f"time budget of {cfg.max_minutes} minutes reached"
+    return terms, "finished"
+
+
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Run the training loop; returns the summary written into the exported model card."""
     device = pick_device(cfg.device)
@@ -311,37 +348,18 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         count_parameters(state.net), device, len(dataset), steps_per_epoch, total_steps,
     )  # fmt: skip
 
-    budget, terms, reason = Budget(cfg.max_minutes), None, "finished"
+    budget = Budget(cfg.max_minutes)
     bar = tqdm(total=total_steps, initial=state.step, desc="ebm", unit="step", dynamic_ncols=True)
     try:
-        batches = epochs_of_batches(dataset, cfg.batch_size, cfg.seed, device, lambda: state.step)
-        for x, labels in batches:
-            if state.step >= total_steps:
-                break
-            step_terms = train_step(state, x, labels if state.net.config.num_classes else None, cfg)  # type: ignore[arg-type]
-            problem = diverged(step_terms, cfg.divergence_threshold)
-            if problem:
-                recover(state, cfg, problem)
-                bar.n = state.step
-                continue
-            terms = step_terms
-            bar.update(1)
-            bar.set_postfix(
-                e_pos=f"{terms.energy_pos:.3f}", e_neg=f"{terms.energy_neg:.3f}", loss=f"{terms.loss.item():.4f}"
-            )
-            if state.step % cfg.checkpoint_every == 0:
-                save_checkpoint(out, checkpoint_state(state, cfg))
-            if state.step % cfg.sample_every == 0:
-                sample_grid(state, cfg, out / "samples" / f"step_{state.step:07d}.png")
-            if budget.exhausted():
-                reason = f"time budget of {cfg.max_minutes} minutes reached"
-                break
+        terms, reason = run_steps(state, dataset, cfg, device, total_steps, budget, bar)
     except KeyboardInterrupt:
-        reason = "interrupted"
+        terms, reason = None, "interrupted"
     finally:
         bar.close()
 
     logger.info("stopping at step %d: %s", state.step, reason)
+    if not all_finite(state.net):
+        raise DivergenceError(f"the weights hold non-finite values at step {state.step}")
     save_checkpoint(out, checkpoint_state(state, cfg))
     grid = sample_grid(state, cfg, out / "samples" / f"step_{state.step:07d}.png")
     result = summary(state, cfg, terms, budget.elapsed)

@@ -97,28 +97,38 @@ def get_model() -> Any:
     return _state["model"]
 
 
-def run_job(total_steps: int, run: Callable[[ProgressReporter], torch.Tensor]) -> dict:
+# prepare() -> (total steps, run); run(callback) -> uint8 images (N, C, H, W)
+Prepare = Callable[[], tuple[int, Callable[[ProgressReporter], torch.Tensor]]]
+
+
+def run_job(prepare: Prepare) -> dict:
     """Execute one sampling job inside the worker: progress, cancellation, PNGs into Redis.
 
-    `run(callback)` returns uint8 images (N, C, H, W). Returns the job's JSON result.
+    `prepare()` turns the request into parameters (and may raise ValueError); returns the job's JSON result.
     """
     job = get_current_job()
     if job is None:
         raise RuntimeError("run_job must be called from an RQ job")
     job.meta["attempts"] = int(job.meta.get("attempts", 0)) + 1
     reporter = ProgressReporter(job, _state.get("worker"))
-    reporter(0, total_steps)  # publishes the attempt, and honours a cancel that came before the start
     started = time.perf_counter()
     try:
+        total_steps, run = prepare()
+        reporter(0, total_steps)  # publishes the attempt, and honours a cancel that came before the start
         images = run(reporter)
     except JobCanceledError:
         logger.info("job %s canceled", job.id)
         job.meta["canceled"] = True
         job.save_meta()
         return {"canceled": True}
+    except Exception:
+        # Bad parameters or a timeout fail the same way every time: retries are for dead workers only.
+        job.retries_left = 0
+        job.save_meta()
+        raise
     seconds = time.perf_counter() - started
     pngs = [png_bytes(to_pil(image)) for image in images]
-    ttl = _state["settings"].result_ttl if "settings" in _state else QueueSettings().result_ttl
+    ttl = job.result_ttl if job.result_ttl and job.result_ttl > 0 else QueueSettings().result_ttl
     store_results(job.connection, job.id, pngs, png_bytes(grid_image(images)), ttl)
     logger.info("job %s: %d images in %.1f s", job.id, len(pngs), seconds)
     return {"num_images": len(pngs), "seconds": round(seconds, 3)}
@@ -132,7 +142,11 @@ def run_worker(model: str, loaded: Any, info: dict[str, Any], settings: QueueSet
     _state["settings"] = settings
     redis.hset(keys.model_info(model), name, json.dumps(info))
     ModelWorker.heartbeat_ttl = settings.heartbeat_ttl
-    worker = ModelWorker([keys.QUEUES[model]], connection=redis, serializer=JSONSerializer, name=name)
+    # A short worker TTL makes an idle worker wake up (and look for abandoned jobs) every few seconds.
+    worker = ModelWorker(
+        [keys.QUEUES[model]], connection=redis, serializer=JSONSerializer, name=name,
+        worker_ttl=max(20, settings.heartbeat_ttl),
+    )  # fmt: skip
     worker.maintenance_interval = max(5, settings.heartbeat_ttl // 2)  # find abandoned jobs quickly
     _state["worker"] = worker
     logger.info("worker %s listening on queue %r", name, keys.QUEUES[model])

@@ -75,6 +75,7 @@ def test_accepted_job_has_location_seed_and_queue_position(client: TestClient) -
         ("diffusion", {"guidance_scale": -1}, "guidance_scale"),
         ("diffusion", {"class_label": 10}, "class_label"),
         ("diffusion", {"class_label": "unicorn"}, "class_label"),
+        ("diffusion", {"class_label": True}, "class_label"),
         ("diffusion", {"seed": -1}, "seed"),
         ("diffusion", {"colour": "red"}, "colour"),
         ("ebm", {"steps": 0}, "steps"),
@@ -100,6 +101,11 @@ def test_any_body_gets_202_or_422_never_500(client: TestClient, body: dict) -> N
     raw = json.dumps(body)  # NaN and Infinity included, as a careless client would send them
     response = client.post("/generate/diffusion", content=raw, headers={"content-type": "application/json"})
     assert response.status_code in (202, 422)
+
+
+def test_ddpm_with_fewer_than_1000_steps_is_422(client: TestClient) -> None:
+    response = client.post("/generate/diffusion", json={"sampler": "ddpm", "steps": 50})
+    assert response.status_code == 422 and "ddim" in response.json()["detail"][0]["msg"]
 
 
 def test_unknown_jobs_are_404(client: TestClient) -> None:

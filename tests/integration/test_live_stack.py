@@ -121,3 +121,17 @@ def test_bad_requests_get_clear_errors_never_500(stack: Stack) -> None:
     assert stack.client.delete("/jobs/not-a-uuid").status_code == 404
     legacy = stack.client.post("/generate", json={"start_word": "the", "length": 5})
     assert legacy.status_code == 503 and "text service" in legacy.json()["detail"]
+
+
+def test_a_job_that_cannot_run_fails_once_with_its_reason(stack: Stack) -> None:
+    """Bad parameters past the gateway (here: enqueued straight into RQ) fail at once: retries are for dead workers."""
+    from redis import Redis
+
+    from gateway.jobs import JobStore
+    from shared.service.settings import QueueSettings
+
+    store = JobStore(Redis.from_url(stack.redis_url), QueueSettings(redis_url=stack.redis_url))
+    job = store.submit("diffusion", {"num_images": 1, "steps": 5, "sampler": "ddpm", "seed": 1})
+    status = stack.wait_for(job.id, ("failed",), timeout=60)
+    assert status["attempts"] == 1
+    assert "ddim" in status["error"] and status["error"].startswith("ValueError")

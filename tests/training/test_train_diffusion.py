@@ -13,7 +13,7 @@ from PIL import Image
 
 from diffusion_worker import sample as sample_cli
 from shared.diffusion.pipeline import DiffusionPipeline
-from training.common import load_checkpoint
+from training.common import DivergenceError, load_checkpoint
 from training.data import load_image_dataset
 from training.train_diffusion import TrainConfig, init_state, main, train, train_step
 
@@ -138,6 +138,7 @@ def test_exported_weights_warm_start_a_new_run(tmp_path: Path, tiny_data: Path) 
     for name, tensor in shipped.unet.state_dict().items():
         assert torch.equal(state.unet.state_dict()[name], tensor)
         assert torch.equal(state.ema.module.state_dict()[name], tensor)
+    assert int(state.ema.n_averaged) == 3  # the average continues instead of restarting its warm-up
     result = train(second)
     assert result["images_seen_total"] == 3 * 8 + 2 * 8
     assert result["warm_started_from"] == shipped.card["sha256"]
@@ -200,3 +201,23 @@ def test_cli_trains_exports_and_the_sampler_turns_it_into_a_grid(
     assert sample_cli.main(["--weights", str(export), "--n", "4", "--steps", "50", "--out", str(grid)]) == 0
     assert Image.open(grid).size == (2 + 2 * 10, 2 + 2 * 10)  # 2x2 grid of 8x8 with padding 2
     assert len(list((tmp_path / "grid_images").glob("*.png"))) == 4
+
+
+def test_a_nan_loss_stops_the_run_without_exporting(
+    tmp_path: Path, tiny_data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from training import train_diffusion
+
+    real = train_diffusion.train_step
+    calls = {"n": 0}
+
+    def nan_at_3(*args: object) -> float:
+        calls["n"] += 1
+        value = real(*args)  # type: ignore[arg-type]
+        return float("nan") if calls["n"] == 3 else value
+
+    monkeypatch.setattr(train_diffusion, "train_step", nan_at_3)
+    cfg = config(tmp_path, tiny_data, max_steps=6)
+    with pytest.raises(DivergenceError, match="nan at step 3"):
+        train(cfg)
+    assert not (Path(cfg.export) / "model.safetensors").exists()
