@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import itertools
+import json
 import logging
 import os
 import time
@@ -186,3 +187,19 @@ def epochs_of_batches(
         generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
         batches = iterate_batches(dataset, batch_size, generator=generator, device=device)
         yield from itertools.islice(batches, done, None)
+
+
+def replaces_better_model(export_dir: str | os.PathLike[str], images_seen_total: int) -> bool:
+    """True when export_dir already holds a model whose card says it saw more images than this run's.
+
+    The trainers then keep the shipped weights (a short or interrupted fresh run must not replace a
+    longer-trained model) unless told --overwrite-export.
+    """
+    card_path = Path(export_dir) / "config.json"
+    if not card_path.is_file():
+        return False
+    try:
+        previous = json.loads(card_path.read_text()).get("training", {}).get("images_seen_total", 0)
+    except (ValueError, AttributeError):
+        return False
+    return int(previous or 0) > images_seen_total

@@ -47,6 +47,7 @@ from training.common import (
     load_checkpoint,
     load_training_data,
     make_ema,
+    replaces_better_model,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -67,6 +68,7 @@ class TrainConfig:
     out: str = "runs/diffusion"
     export: str = str(REPO_ROOT / "models" / "diffusion")
     resume: str | None = None
+    overwrite_export: bool = False
     # length of the run
     epochs: int = 50
     batch_size: int = 128
@@ -108,6 +110,7 @@ HELP = {
     "data_cache": "where archives are extracted and decoded images cached",
     "out": "run directory: checkpoint.pt and samples/",
     "export": "where the EMA inference weights (safetensors + config.json) are written",
+    "overwrite_export": "replace the exported model even if it was trained on more images than this run",
     "resume": "a run directory / checkpoint.pt (exact continuation) or a model directory (warm start)",
     "max_minutes": "stop cleanly (checkpoint + export) after this much wall time",
     "max_steps": "stop after this many optimiser steps in total",
@@ -342,11 +345,17 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     save_checkpoint(out, checkpoint_state(state, cfg))
     grid = sample_grid(state, cfg, out / "samples" / f"step_{state.step:07d}.png")
     result = summary(state, cfg, steps_per_epoch, loss_ema, budget.elapsed)
+    if replaces_better_model(cfg.export, result["images_seen_total"]) and not cfg.overwrite_export:
+        logger.warning(
+            "%s holds a model trained on more images than this run (%d); kept it. The weights of this run "
+            "are in %s; --overwrite-export replaces the shipped ones.", cfg.export, result["images_seen_total"], out,
+        )  # fmt: skip
+        return {**result, "exported": False}
     pipeline = DiffusionPipeline(state.ema.module, state.diffusion)  # type: ignore[arg-type]
     export = pipeline.save_pretrained(cfg.export, training=result)
     shutil.copyfile(grid, export / "samples.png")
     logger.info("exported EMA weights to %s (samples: %s)", export, grid)
-    return result
+    return {**result, "exported": True}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -51,6 +51,7 @@ from training.common import (
     is_checkpoint,
     load_checkpoint,
     load_training_data,
+    replaces_better_model,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -71,6 +72,7 @@ class TrainConfig:
     out: str = "runs/ebm"
     export: str = str(REPO_ROOT / "models" / "ebm")
     resume: str | None = None
+    overwrite_export: bool = False
     # length of the run
     epochs: int = 30
     batch_size: int = 64
@@ -112,6 +114,7 @@ HELP = {
     "data": "'cifar10' (torchvision download), an ImageFolder directory, or a .tar.gz of one",
     "out": "run directory: checkpoint.pt and samples/",
     "export": "where the inference weights (safetensors + config.json) are written",
+    "overwrite_export": "replace the exported model even if it was trained on more images than this run",
     "resume": "a run directory / checkpoint.pt (continue) or a model directory (warm start)",
     "alpha": "weight of the energy regulariser E(x+)^2 + E(x-)^2",
     "ce_weight": "weight of JEM's cross-entropy term (class-conditional networks)",
@@ -363,12 +366,18 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     save_checkpoint(out, checkpoint_state(state, cfg))
     grid = sample_grid(state, cfg, out / "samples" / f"step_{state.step:07d}.png")
     result = summary(state, cfg, terms, budget.elapsed)
+    if replaces_better_model(cfg.export, result["images_seen_total"]) and not cfg.overwrite_export:
+        logger.warning(
+            "%s holds a model trained on more images than this run (%d); kept it. The weights of this run "
+            "are in %s; --overwrite-export replaces the shipped ones.", cfg.export, result["images_seen_total"], out,
+        )  # fmt: skip
+        return {**result, "exported": False}
     export = EBMPipeline(state.net).save_pretrained(
         cfg.export, training=result, sampling=chain_params(cfg, cfg.serve_steps)
     )
     shutil.copyfile(grid, export / "samples.png")
     logger.info("exported weights to %s (samples: %s)", export, grid)
-    return result
+    return {**result, "exported": True}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -221,3 +221,14 @@ def test_a_nan_loss_stops_the_run_without_exporting(
     with pytest.raises(DivergenceError, match="nan at step 3"):
         train(cfg)
     assert not (Path(cfg.export) / "model.safetensors").exists()
+
+
+def test_a_shorter_fresh_run_does_not_replace_a_longer_trained_export(tmp_path: Path, tiny_data: Path) -> None:
+    long_run = config(tmp_path / "long", tiny_data, max_steps=4)
+    assert train(long_run)["exported"]
+    shipped = (Path(long_run.export) / "model.safetensors").read_bytes()
+    short = config(tmp_path / "short", tiny_data, max_steps=1, export=long_run.export)
+    assert not train(short)["exported"]
+    assert (Path(long_run.export) / "model.safetensors").read_bytes() == shipped
+    assert train(dataclasses.replace(short, overwrite_export=True))["exported"]
+    assert (Path(long_run.export) / "model.safetensors").read_bytes() != shipped
