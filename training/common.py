@@ -15,6 +15,7 @@ import time
 import types
 import typing
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -22,11 +23,46 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
-from training.data import ImageDataset, iterate_batches, load_image_dataset
+from training.data import DEFAULT_CACHE_DIR, ImageDataset, default_data_source, iterate_batches, load_image_dataset
 
 logger = logging.getLogger(__name__)
 
 C = TypeVar("C")
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """The flags every image trainer shares; each trainer's config adds its model's and sets its defaults."""
+
+    # data and files
+    data: str = field(default_factory=default_data_source)
+    data_cache: str = str(DEFAULT_CACHE_DIR)
+    out: str = "runs/model"
+    export: str = str(REPO_ROOT / "models" / "model")
+    resume: str | None = None
+    overwrite_export: bool = False
+    # length of the run
+    epochs: int = 1
+    batch_size: int = 64
+    max_minutes: float | None = None
+    max_steps: int | None = None
+    # hardware and reproducibility
+    device: str = "auto"
+    seed: int = 0
+
+
+RUN_HELP = {
+    "data": "'cifar10' (torchvision download), an ImageFolder directory, or a .tar.gz of one",
+    "data_cache": "where archives are extracted and decoded images cached",
+    "out": "run directory: checkpoint.pt and samples/",
+    "export": "where the inference weights (safetensors + config.json) are written",
+    "resume": "a run directory / checkpoint.pt (exact continuation) or a model directory (warm start)",
+    "overwrite_export": "replace the exported model even if it was trained on more images than this run",
+    "max_minutes": "stop cleanly (checkpoint + export) after this much wall time",
+    "max_steps": "stop after this many optimiser steps in total",
+    "device": "auto (cuda, mps, cpu) or a torch device name",
+}
 
 
 class DivergenceError(RuntimeError):
@@ -58,11 +94,11 @@ def _field_type(cls: type, field: dataclasses.Field[Any]) -> Any:
 
 def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, help_texts: dict[str, str]) -> None:
     """One --flag per field of `cls`, typed and defaulted from the dataclass itself."""
-    for field in dataclasses.fields(cls):
-        flag = "--" + field.name.replace("_", "-")
-        kind = _field_type(cls, field)
-        default = field.default_factory() if field.default is dataclasses.MISSING else field.default  # type: ignore[misc]
-        text = help_texts.get(field.name, "")
+    for spec in dataclasses.fields(cls):
+        flag = "--" + spec.name.replace("_", "-")
+        kind = _field_type(cls, spec)
+        default = spec.default_factory() if spec.default is dataclasses.MISSING else spec.default  # type: ignore[misc]
+        text = help_texts.get(spec.name, "")
         if kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=text)
         elif typing.get_origin(kind) is tuple:

@@ -36,8 +36,11 @@ from shared.diffusion.unet import UNet, UNetConfig
 from shared.images import grid_image, to_uint8
 from shared.weights import count_parameters
 from training.common import (
+    REPO_ROOT,
+    RUN_HELP,
     Budget,
     DivergenceError,
+    RunConfig,
     add_dataclass_arguments,
     all_finite,
     configure_logging,
@@ -53,27 +56,17 @@ from training.common import (
     set_rng_state,
     warmup_lambda,
 )
-from training.data import DEFAULT_CACHE_DIR, ImageDataset, default_data_source
+from training.data import ImageDataset
 
 logger = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-
 
 @dataclass(frozen=True)
-class TrainConfig:
-    # data and files
-    data: str = field(default_factory=default_data_source)
-    data_cache: str = str(DEFAULT_CACHE_DIR)
+class TrainConfig(RunConfig):
     out: str = "runs/diffusion"
     export: str = str(REPO_ROOT / "models" / "diffusion")
-    resume: str | None = None
-    overwrite_export: bool = False
-    # length of the run
     epochs: int = 50
     batch_size: int = 128
-    max_minutes: float | None = None
-    max_steps: int | None = None
     # optimisation
     lr: float = 2e-4
     warmup_steps: int = 1000
@@ -93,12 +86,10 @@ class TrainConfig:
     dropout: float = UNetConfig.dropout
     unconditional: bool = False
     # hardware
-    device: str = "auto"
     precision: str = "auto"
     channels_last: bool = True
     compile: bool = False
     # bookkeeping
-    seed: int = 0
     checkpoint_every: int = 1000
     sample_every: int = 5000
     sample_images: int = 20
@@ -106,14 +97,7 @@ class TrainConfig:
 
 
 HELP = {
-    "data": "'cifar10' (torchvision download), an ImageFolder directory, or a .tar.gz of one",
-    "data_cache": "where archives are extracted and decoded images cached",
-    "out": "run directory: checkpoint.pt and samples/",
-    "export": "where the EMA inference weights (safetensors + config.json) are written",
-    "overwrite_export": "replace the exported model even if it was trained on more images than this run",
-    "resume": "a run directory / checkpoint.pt (exact continuation) or a model directory (warm start)",
-    "max_minutes": "stop cleanly (checkpoint + export) after this much wall time",
-    "max_steps": "stop after this many optimiser steps in total",
+    **RUN_HELP,
     "min_snr_gamma": "min-SNR-gamma loss weighting (Hang et al. 2023); 0 for plain L_simple",
     "precision": "auto (bf16 autocast on CUDA, fp32 elsewhere), fp32 or bf16",
     "channel_mult": "width multiplier per resolution level",

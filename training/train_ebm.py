@@ -41,8 +41,11 @@ from shared.ebm.pipeline import EBMPipeline, EBMSampleParams
 from shared.images import grid_image, to_uint8
 from shared.weights import count_parameters
 from training.common import (
+    REPO_ROOT,
+    RUN_HELP,
     Budget,
     DivergenceError,
+    RunConfig,
     add_dataclass_arguments,
     all_finite,
     configure_logging,
@@ -56,28 +59,18 @@ from training.common import (
     save_checkpoint,
     set_rng_state,
 )
-from training.data import DEFAULT_CACHE_DIR, ImageDataset, default_data_source
+from training.data import ImageDataset
 from training.replay_buffer import ReplayBuffer
 
 logger = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-
 
 @dataclass(frozen=True)
-class TrainConfig:
-    # data and files
-    data: str = field(default_factory=default_data_source)
-    data_cache: str = str(DEFAULT_CACHE_DIR)
+class TrainConfig(RunConfig):
     out: str = "runs/ebm"
     export: str = str(REPO_ROOT / "models" / "ebm")
-    resume: str | None = None
-    overwrite_export: bool = False
-    # length of the run
     epochs: int = 30
     batch_size: int = 64
-    max_minutes: float | None = None
-    max_steps: int | None = None
     # objective and optimisation
     lr: float = 1e-4
     alpha: float = 1.0
@@ -102,20 +95,14 @@ class TrainConfig:
     # divergence handling
     divergence_threshold: float = 100.0
     max_restores: int = 3
-    # hardware and bookkeeping
-    device: str = "auto"
-    seed: int = 0
+    # bookkeeping
     checkpoint_every: int = 200
     sample_every: int = 1000
     sample_images: int = 20
 
 
 HELP = {
-    "data": "'cifar10' (torchvision download), an ImageFolder directory, or a .tar.gz of one",
-    "out": "run directory: checkpoint.pt and samples/",
-    "export": "where the inference weights (safetensors + config.json) are written",
-    "overwrite_export": "replace the exported model even if it was trained on more images than this run",
-    "resume": "a run directory / checkpoint.pt (continue) or a model directory (warm start)",
+    **RUN_HELP,
     "alpha": "weight of the energy regulariser E(x+)^2 + E(x-)^2",
     "ce_weight": "weight of JEM's cross-entropy term (class-conditional networks)",
     "data_noise": "std of the Gaussian noise added to data images",

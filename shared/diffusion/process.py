@@ -13,15 +13,14 @@ Indices are 0-based: t = 0 is the paper's t = 1, and alpha_bar_{-1} = 1.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from shared.config import JsonConfig
 from shared.diffusion.schedule import ScheduleKind, make_betas
 
 # eps_theta(x_t, t, y): the network's noise prediction, y is an int64 label per sample (or None).
@@ -29,7 +28,7 @@ EpsModel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Ten
 
 
 @dataclass(frozen=True)
-class DiffusionConfig:
+class DiffusionConfig(JsonConfig):
     """The forward process: saved in the model card beside the weights."""
 
     schedule: ScheduleKind = ScheduleKind.LINEAR
@@ -43,14 +42,6 @@ class DiffusionConfig:
             raise ValueError(f"unknown schedule {self.schedule!r}; expected one of: {allowed}") from None
         if self.num_timesteps < 2:
             raise ValueError(f"num_timesteps must be >= 2, got {self.num_timesteps}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"schedule": self.schedule.value, "num_timesteps": self.num_timesteps}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> DiffusionConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
 
 
 def extract(values: torch.Tensor, t: torch.Tensor, ndim: int) -> torch.Tensor:

@@ -12,18 +12,18 @@ Shapes: B batch, C channels, H x W spatial, E = 4 * base_channels embedding widt
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from shared.config import JsonConfig
+
 
 @dataclass(frozen=True)
-class UNetConfig:
+class UNetConfig(JsonConfig):
     """Everything needed to rebuild the network; saved as JSON beside its weights."""
 
     image_size: int = 32
@@ -58,17 +58,6 @@ class UNetConfig:
     def null_label(self) -> int | None:
         """The label index that means "no class" (None for an unconditional network)."""
         return self.num_classes
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> UNetConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - names
-        if unknown:
-            raise ValueError(f"unknown UNetConfig fields: {sorted(unknown)}")
-        return cls(**data)
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:

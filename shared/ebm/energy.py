@@ -16,18 +16,18 @@ conv and linear layer to bound the Lipschitz constant of E.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
+from shared.config import JsonConfig
+
 
 @dataclass(frozen=True)
-class EnergyConfig:
+class EnergyConfig(JsonConfig):
     """Everything needed to rebuild the energy network; saved as JSON beside its weights."""
 
     image_size: int = 32
@@ -49,17 +49,6 @@ class EnergyConfig:
             raise ValueError(f"num_classes must be >= 2 or None, got {self.num_classes}")
         if self.class_names and self.num_classes != len(self.class_names):
             raise ValueError(f"{len(self.class_names)} class names given for num_classes={self.num_classes}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> EnergyConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - names
-        if unknown:
-            raise ValueError(f"unknown EnergyConfig fields: {sorted(unknown)}")
-        return cls(**data)
 
 
 class ResBlock(nn.Module):

@@ -9,7 +9,6 @@ projects its output down to E (Sak et al. 2014, LSTMP; torch's `proj_size`) so t
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import os
@@ -22,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from shared.config import JsonConfig
 from shared.text.tokenizer import WordTokenizer
 from shared.weights import WeightsError, count_parameters, load_network, save_model_dir
 
@@ -33,7 +33,7 @@ LSTMState = tuple[torch.Tensor, torch.Tensor]  # (h, c): (L, B, H_out) and (L, B
 
 
 @dataclass(frozen=True)
-class LSTMConfig:
+class LSTMConfig(JsonConfig):
     vocab_size: int
     embedding_dim: int = 256
     hidden_dim: int = 256
@@ -56,17 +56,6 @@ class LSTMConfig:
     @property
     def output_dim(self) -> int:
         return self.proj_size or self.hidden_dim
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> LSTMConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - names
-        if unknown:
-            raise ValueError(f"unknown LSTMConfig fields: {sorted(unknown)}")
-        return cls(**data)
 
 
 class WordLSTM(nn.Module):
