@@ -124,7 +124,9 @@ class JobStore:
             model=model,
             status=state,
             progress=Progress(**progress) if progress else None,
-            queue_position=self.queue(model).get_job_position(job.id) if state == "queued" else None,
+            queue_position=self.queue(model).get_job_position(job.id)
+            if state == "queued" and model in keys.QUEUES
+            else None,
             attempts=int(job.meta.get("attempts", 0)),
             worker=job.worker_name,
             enqueued_at=job.enqueued_at,

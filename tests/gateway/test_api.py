@@ -157,3 +157,14 @@ def test_proxy_passes_requests_and_answers_through(client: TestClient) -> None:
         client.app.dependency_overrides.pop(get_text_client)  # type: ignore[attr-defined]
     assert seen == {"path": "/generate", "body": b'{"start_word":"zzz","length":3}'}
     assert response.status_code == 404 and response.json() == {"detail": "unknown start word 'zzz'"}
+
+
+def test_a_foreign_job_in_the_same_redis_is_described_not_a_500(client: TestClient, redis_url: str) -> None:
+    from rq import Queue
+    from rq.serializers import JSONSerializer
+
+    job = Queue("someone-else", connection=Redis.from_url(redis_url), serializer=JSONSerializer).enqueue(
+        "os.getcwd", job_id="11111111-1111-4111-8111-111111111111"
+    )
+    body = client.get(f"/jobs/{job.id}").json()
+    assert body["model"] == "unknown" and body["status"] == "queued" and body["queue_position"] is None
