@@ -114,9 +114,12 @@ def test_unknown_jobs_are_404(client: TestClient) -> None:
     assert client.delete("/jobs/00000000-0000-4000-8000-000000000000").status_code == 404
 
 
-def test_text_service_down_is_503(client: TestClient) -> None:
+def test_text_service_down_is_503_but_a_bad_body_is_still_422(client: TestClient) -> None:
     response = client.post("/generate_with_rnn", json={"start_word": "the", "length": 3, "temperature": 1})
     assert response.status_code == 503 and "unavailable" in response.json()["detail"]
+    bad = client.post("/generate_with_rnn", json={"start_word": "the", "length": 0, "temperature": 9})
+    assert bad.status_code == 422
+    assert {error["loc"][-1] for error in bad.json()["detail"]} == {"length", "temperature"}
 
 
 def test_redis_down_is_503_and_health_stays_up() -> None:
@@ -135,6 +138,8 @@ def test_openapi_documents_every_route_with_a_response_model(client: TestClient)
         ok = next(code for code in operation["responses"] if code.startswith("2"))
         assert "$ref" in str(operation["responses"][ok]), path
     assert {"/generate", "/generate_with_rnn", "/embed", "/similarity"} <= set(spec["paths"])
+    embed = spec["paths"]["/embed"]["post"]
+    assert "EmbedRequest" in str(embed["requestBody"]) and "EmbedResponse" in str(embed["responses"]["200"])
 
 
 def test_the_gateway_does_not_import_torch() -> None:

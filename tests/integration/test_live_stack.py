@@ -135,3 +135,29 @@ def test_a_job_that_cannot_run_fails_once_with_its_reason(stack: Stack) -> None:
     status = stack.wait_for(job.id, ("failed",), timeout=60)
     assert status["attempts"] == 1
     assert "ddim" in status["error"] and status["error"].startswith("ValueError")
+
+
+def test_legacy_text_routes_through_the_gateway(stack: Stack) -> None:
+    import httpx
+
+    text_url = stack.env["GENSERVICE_TEXT_SERVICE_URL"]
+    port = text_url.rsplit(":", 1)[1]
+    stack.spawn("text", "-m", "text_service", env={"TEXT_PORT": port, "TEXT_HOST": "127.0.0.1"})
+
+    def text_up() -> bool:
+        try:
+            return httpx.get(f"{text_url}/health", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_until(text_up, 90, "the text service")
+    generated = stack.client.post("/generate", json={"start_word": "the", "length": 5, "seed": 3})
+    assert generated.status_code == 200 and generated.json()["generated_text"].lower().startswith("the")
+    assert generated.json() == stack.client.post("/generate", json={"start_word": "the", "length": 5, "seed": 3}).json()
+    rnn = stack.client.post("/generate_with_rnn", json={"start_word": "the", "length": 5, "temperature": 0.8})
+    assert rnn.status_code == 200
+    embedded = stack.client.post("/embed", json={"word": "prison"}).json()
+    assert embedded["dim"] == len(embedded["embedding"]) == 384
+    unknown = stack.client.post("/generate", json={"start_word": "qwxzzy", "length": 5})
+    assert unknown.status_code == 422 and "qwxzzy" in unknown.text  # the text service's own answer, passed through
+    stack.kill("text", signal.SIGTERM)
