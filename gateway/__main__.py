@@ -6,11 +6,13 @@ import uvicorn
 
 from gateway.app import create_app
 from gateway.settings import get_settings
+from shared.service.logs import configure_logging
 
 
 def main() -> None:
     settings = get_settings()
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+    configure_logging(settings.log_level)
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from redis import Redis
 from redis.exceptions import RedisError
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 
+from gateway.metrics import setup_metrics
 from gateway.routes import generate, jobs, legacy, system
 from gateway.settings import GatewaySettings, get_settings
 
@@ -56,6 +57,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.dependency_overrides[get_settings] = lambda: settings
     for module in (generate, jobs, system, legacy):
         app.include_router(module.router)
+    setup_metrics(app)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:

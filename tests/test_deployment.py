@@ -48,7 +48,7 @@ def test_every_service_is_there_with_a_healthcheck() -> None:
 
 def test_only_the_gateway_is_published_and_redis_is_protected() -> None:
     services = compose()["services"]
-    published = {name for name, service in services.items() if service.get("ports")}
+    published = {name for name, service in services.items() if service.get("ports") and not service.get("profiles")}
     assert published == {"gateway"}
     redis = services["redis"]
     assert "--appendonly" in redis["command"] and "--requirepass" in redis["command"]
@@ -83,8 +83,9 @@ def test_commands_name_real_modules_and_match_the_procfile() -> None:
 def test_environment_names_match_the_settings_fields() -> None:
     known = settings_env_names()
     for name, service in compose()["services"].items():
-        if name == "redis":
-            continue
+        command = service.get("command") or service.get("entrypoint") or []
+        if command[:2] != ["python", "-m"]:
+            continue  # third-party images (redis, rq-dashboard, prometheus) have their own variables
         unknown = set(service.get("environment", {})) - known
         assert not unknown, f"{name} sets {unknown}, which no Settings class reads"
 
@@ -105,3 +106,16 @@ def test_dockerfiles_copy_every_package_and_run_as_non_root() -> None:
 def test_ci_runs_the_readme_test_command() -> None:
     assert "make test" in (ROOT / "README.md").read_text()
     assert "make test" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_monitoring_profile_scrapes_the_gateway_and_shows_the_queue() -> None:
+    services = compose()["services"]
+    prometheus, dashboard = services["prometheus"], services["rq_dashboard"]
+    assert prometheus["profiles"] == dashboard["profiles"] == ["monitoring"]
+    config_mount = next(v for v in prometheus["volumes"] if v.endswith("/etc/prometheus/prometheus.yml:ro"))
+    config = yaml.safe_load((ROOT / config_mount.split(":")[0]).read_text())
+    targets = [t for job in config["scrape_configs"] for c in job["static_configs"] for t in c["targets"]]
+    gateway_port = services["gateway"]["ports"][0].split(":")[-1]
+    assert targets == [f"gateway:{gateway_port}"]
+    assert config["scrape_configs"][0]["metrics_path"] == "/metrics"
+    assert dashboard["environment"]["RQ_DASHBOARD_REDIS_URL"] == services["gateway"]["environment"]["REDIS_URL"]

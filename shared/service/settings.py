@@ -28,6 +28,7 @@ class QueueSettings(BaseSettings):
         60, ge=5, description="a started job whose worker is silent this long counts as abandoned and is retried"
     )
     max_retries: int = Field(2, ge=0, description="retries of a job whose worker died")
+    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR; logs are JSON lines")
 
     def job_timeout(self, model: str) -> int:
         return self.diffusion_job_timeout if model == "diffusion" else self.ebm_job_timeout

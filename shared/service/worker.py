@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import resource
 import socket
 import time
 import uuid
@@ -30,6 +31,8 @@ from rq.serializers import JSONSerializer
 
 from shared.images import grid_image, png_bytes, to_pil
 from shared.service import keys
+from shared.service.logs import configure_logging, job_context
+from shared.service.metrics import publish_worker, record_job
 from shared.service.results import store_results
 from shared.service.settings import QueueSettings, WorkerSettings
 from shared.weights import WeightsError
@@ -66,6 +69,24 @@ class ModelWorker(SimpleWorker):
         if execution is not None:
             self.maintain_heartbeats(job, execution)
 
+    def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
+        """RQ's heartbeat (also sent while idle), plus this worker's metrics status."""
+        super().heartbeat(timeout, pipeline)
+        if pipeline is None:
+            self.publish()
+
+    def publish(self, current_job: str | None = None, steps_per_second: float | None = None) -> None:
+        status = _state.setdefault("status", {"images_generated": 0, "steps_per_second": 0.0})
+        if steps_per_second is not None:
+            status["steps_per_second"] = round(steps_per_second, 3)
+        status.update(
+            model=_state.get("model_name", ""),
+            device=_state.get("device", ""),
+            current_job=current_job,
+            max_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,  # Linux reports KiB
+        )
+        publish_worker(self.connection, self.name, status, ttl=self.worker_ttl + 60)
+
 
 class ProgressReporter:
     """The per-step callback of one job: progress into job.meta, heartbeats, the cancel check."""
@@ -73,18 +94,20 @@ class ProgressReporter:
     def __init__(self, job: Job, worker: ModelWorker | None, interval: float = 0.5) -> None:
         self.job, self.worker, self.interval = job, worker, interval
         self.redis: Redis = job.connection
-        self.last = 0.0
+        self.last, self.last_step = 0.0, 0
 
     def __call__(self, step: int, total: int, preview: torch.Tensor | None = None) -> None:
         if self.redis.exists(keys.cancel_flag(self.job.id)):
             raise JobCanceledError(f"job {self.job.id} canceled at step {step}")
         now = time.monotonic()
         if now - self.last >= self.interval or step == total:
-            self.last = now
+            speed = (step - self.last_step) / (now - self.last) if self.last and now > self.last else None
+            self.last, self.last_step = now, step
             self.job.meta["progress"] = {"step": step, "total": total, "fraction": round(step / total, 4)}
             self.job.save_meta()
             if self.worker is not None:
                 self.worker.beat(self.job)
+                self.worker.publish(self.job.id, speed)
 
 
 def set_model(model: Any) -> None:
@@ -109,9 +132,16 @@ def run_job(prepare: Prepare) -> dict:
     job = get_current_job()
     if job is None:
         raise RuntimeError("run_job must be called from an RQ job")
+    with job_context(job_id=job.id, model=job.meta.get("model")):
+        return _run_job(job, prepare)
+
+
+def _run_job(job: Job, prepare: Prepare) -> dict:
     job.meta["attempts"] = int(job.meta.get("attempts", 0)) + 1
-    reporter = ProgressReporter(job, _state.get("worker"))
+    worker: ModelWorker | None = _state.get("worker")
+    reporter = ProgressReporter(job, worker)
     started = time.perf_counter()
+    logger.info("job %s: attempt %d starts", job.id, job.meta["attempts"])
     try:
         total_steps, run = prepare()
         reporter(0, total_steps)  # publishes the attempt, and honours a cancel that came before the start
@@ -130,15 +160,26 @@ def run_job(prepare: Prepare) -> dict:
     pngs = [png_bytes(to_pil(image)) for image in images]
     ttl = job.result_ttl if job.result_ttl and job.result_ttl > 0 else QueueSettings().result_ttl
     store_results(job.connection, job.id, pngs, png_bytes(grid_image(images)), ttl)
+    wait = (job.started_at - job.enqueued_at).total_seconds() if job.started_at and job.enqueued_at else 0.0
+    record_job(job.connection, job.meta.get("model", "unknown"), max(wait, 0.0), seconds, len(pngs))
+    if worker is not None:
+        _state["status"]["images_generated"] = _state["status"].get("images_generated", 0) + len(pngs)
+        worker.publish(None)
     logger.info("job %s: %d images in %.1f s", job.id, len(pngs), seconds)
     return {"num_images": len(pngs), "seconds": round(seconds, 3)}
 
 
-def run_worker(model: str, loaded: Any, info: dict[str, Any], settings: QueueSettings, burst: bool = False) -> None:
+def worker_name(model: str) -> str:
+    return f"{model}-{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
+
+
+def run_worker(
+    model: str, loaded: Any, info: dict[str, Any], settings: QueueSettings, name: str, burst: bool = False
+) -> None:
     """Publish what was loaded, then pull jobs from the model's queue until stopped (SIGTERM: warm stop)."""
     redis = Redis.from_url(settings.redis_url)
-    name = f"{model}-{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
     set_model(loaded)
+    _state.update(model_name=model, device=info.get("device", ""))
     _state["settings"] = settings
     redis.hset(keys.model_info(model), name, json.dumps(info))
     ModelWorker.heartbeat_ttl = settings.heartbeat_ttl
@@ -149,9 +190,10 @@ def run_worker(model: str, loaded: Any, info: dict[str, Any], settings: QueueSet
     )  # fmt: skip
     worker.maintenance_interval = max(5, settings.heartbeat_ttl // 2)  # find abandoned jobs quickly
     _state["worker"] = worker
+    worker.publish()
     logger.info("worker %s listening on queue %r", name, keys.QUEUES[model])
     try:
-        worker.work(burst=burst, with_scheduler=False, logging_level="INFO")
+        worker.work(burst=burst, with_scheduler=False, logging_level=settings.log_level)
     finally:
         redis.hdel(keys.model_info(model), name)
 
@@ -176,8 +218,9 @@ def worker_main(model: str, load: Callable[[WorkerSettings], Any], argv: list[st
     A missing or corrupt weights file stops the worker here, with the reason, before it takes a job.
     `load` returns the pipeline; its `.card` and `.device` are published as the model's info.
     """
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = WorkerSettings()
+    name = worker_name(model)
+    configure_logging(settings.log_level, worker=name)
     burst = bool(argv and "--burst" in argv)
     try:
         pipeline = load(settings)
@@ -198,5 +241,5 @@ def worker_main(model: str, load: Callable[[WorkerSettings], Any], argv: list[st
         "host": socket.gethostname(),
         "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    run_worker(model, pipeline, info, settings, burst=burst)
+    run_worker(model, pipeline, info, settings, name, burst=burst)
     return 0
