@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
-from fastapi import FastAPI, Request, status
+from fastapi import FastAPI, Request, Response, status
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -58,6 +58,18 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     for module in (generate, jobs, system, legacy):
         app.include_router(module.router)
     setup_metrics(app)
+
+    @app.middleware("http")
+    async def limit_body(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        length = request.headers.get("content-length")
+        too_big = length is not None and length.isdigit() and int(length) > settings.max_body_bytes
+        if length is None and request.method in ("POST", "PUT", "PATCH"):
+            too_big = len(await request.body()) > settings.max_body_bytes  # chunked: count what came
+        if too_big:
+            return JSONResponse(
+                {"detail": f"request body over {settings.max_body_bytes} bytes"}, status.HTTP_413_CONTENT_TOO_LARGE
+            )
+        return await call_next(request)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -8,6 +8,7 @@ python -m gateway.client ebm --n 8 --class-label ship --url http://gpu-box:8000
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -33,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance-scale", type=float, default=None, help="diffusion only")
     p.add_argument("--out", type=Path, default=Path("out/grid.png"), help="grid PNG; images go next to it")
     p.add_argument("--poll", type=float, default=0.5, help="seconds between status requests")
+    p.add_argument("--api-key", default=os.environ.get("GENSERVICE_API_KEY"), help="when the gateway wants one")
     return p
 
 
@@ -64,7 +66,8 @@ def follow(client: httpx.Client, status_url: str, poll: float) -> dict[str, Any]
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    with httpx.Client(base_url=args.url, timeout=30) as client:
+    headers = {"X-API-Key": args.api_key} if args.api_key else {}
+    with httpx.Client(base_url=args.url, timeout=30, headers=headers) as client:
         response = client.post(f"/generate/{args.model}", json=request_body(args))
         if response.status_code != 202:
             print(f"rejected ({response.status_code}): {response.text}", file=sys.stderr)

@@ -49,7 +49,7 @@ class JobStore:
     def queue(self, model: str) -> Queue:
         return Queue(keys.QUEUES[model], connection=self.redis, serializer=JSONSerializer)
 
-    def submit(self, model: str, request: dict[str, Any]) -> Job:
+    def submit(self, model: str, request: dict[str, Any], owner: str | None = None) -> Job:
         return self.queue(model).enqueue(
             JOB_FUNCTIONS[model],
             kwargs={"request": request},
@@ -58,7 +58,7 @@ class JobStore:
             result_ttl=self.settings.result_ttl,
             failure_ttl=self.settings.failure_ttl,
             retry=Retry(max=self.settings.max_retries) if self.settings.max_retries else None,
-            meta={"model": model, "attempts": 0},
+            meta={"model": model, "attempts": 0, "owner": owner},
             description=f"{model}: {request.get('num_images')} image(s)",
         )
 

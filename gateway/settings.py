@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Annotated
 
-from pydantic import Field
-from pydantic_settings import SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import NoDecode, SettingsConfigDict
 
 from shared.service.settings import QueueSettings
 
@@ -17,6 +18,24 @@ class GatewaySettings(QueueSettings):
     text_service_timeout: float = Field(30.0, gt=0, description="seconds to wait for the text service")
     host: str = "0.0.0.0"
     port: int = Field(8000, ge=1, le=65535)
+    # limits and backpressure
+    max_queue_depth: int = Field(200, ge=1, description="queued jobs per model before new ones get 429")
+    max_compute: int = Field(
+        16 * 1000, ge=1, description="num_images x steps a single request may ask for (16 full DDPM images)"
+    )
+    max_body_bytes: int = Field(16 * 1024, ge=256, description="larger request bodies get 413")
+    # access
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="comma-separated keys; empty: the API is open"
+    )
+    rate_limit_per_minute: int = Field(0, ge=0, description="generation requests per key and minute; 0: no limit")
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [key.strip() for key in value.split(",") if key.strip()]
+        return value
 
 
 @lru_cache

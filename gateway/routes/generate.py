@@ -4,20 +4,35 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response, status
 
-from gateway.deps import StoreDep
+from gateway.access import Caller, check_capacity, check_compute, rate_limit
+from gateway.deps import SettingsDep, StoreDep
 from gateway.schemas import DiffusionRequest, EBMRequest, ErrorBody, JobAccepted, new_seed
 
 router = APIRouter(prefix="/generate", tags=["generate"])
-RESPONSES = {422: {"model": ErrorBody, "description": "a field is out of bounds"}, 503: {"model": ErrorBody}}
+RESPONSES = {
+    401: {"model": ErrorBody, "description": "API keys are on and none (or an unknown one) was given"},
+    422: {"model": ErrorBody, "description": "a field is out of bounds, or num_images x steps over the limit"},
+    429: {"model": ErrorBody, "description": "the queue is full or the key's rate limit is reached (see Retry-After)"},
+    503: {"model": ErrorBody, "description": "Redis is unavailable"},
+}
 
 
 def _accept(
-    model: str, body: DiffusionRequest | EBMRequest, store: StoreDep, request: Request, response: Response
+    model: str,
+    body: DiffusionRequest | EBMRequest,
+    store: StoreDep,
+    settings: SettingsDep,
+    who: str | None,
+    request: Request,
+    response: Response,
 ) -> JobAccepted:
+    rate_limit(store.redis, settings, who)
+    check_compute(body.num_images, body.steps, settings)
+    check_capacity(store.queue(model).count, settings, model)
     params = body.model_dump()
     if params["seed"] is None:
         params["seed"] = new_seed()
-    job = store.submit(model, params)
+    job = store.submit(model, params, owner=who)
     status_url = str(request.url_for("get_job", job_id=job.id))
     response.headers["Location"] = status_url
     return JobAccepted(
@@ -29,12 +44,16 @@ def _accept(
 
 
 @router.post("/diffusion", status_code=status.HTTP_202_ACCEPTED, response_model=JobAccepted, responses=RESPONSES)
-def generate_diffusion(body: DiffusionRequest, store: StoreDep, request: Request, response: Response) -> JobAccepted:
+def generate_diffusion(
+    body: DiffusionRequest, store: StoreDep, settings: SettingsDep, who: Caller, request: Request, response: Response
+) -> JobAccepted:
     """Queue a DDPM (1000 steps) or DDIM (fewer steps) job."""
-    return _accept("diffusion", body, store, request, response)
+    return _accept("diffusion", body, store, settings, who, request, response)
 
 
 @router.post("/ebm", status_code=status.HTTP_202_ACCEPTED, response_model=JobAccepted, responses=RESPONSES)
-def generate_ebm(body: EBMRequest, store: StoreDep, request: Request, response: Response) -> JobAccepted:
+def generate_ebm(
+    body: EBMRequest, store: StoreDep, settings: SettingsDep, who: Caller, request: Request, response: Response
+) -> JobAccepted:
     """Queue a Langevin-dynamics job on the energy-based model."""
-    return _accept("ebm", body, store, request, response)
+    return _accept("ebm", body, store, settings, who, request, response)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, HTTPException, Request, Response, status
 from rq.job import Job
 
+from gateway.access import Caller
 from gateway.deps import RedisDep, StoreDep
 from gateway.jobs import JobConflictError, JobStore
 from gateway.schemas import CancelResponse, ErrorBody, JobStatus
@@ -15,21 +16,22 @@ NOT_FOUND = {404: {"model": ErrorBody, "description": "no such job (or its resul
 PNG = {200: {"content": {"image/png": {}}, "description": "a PNG image"}}
 
 
-def _job(store: JobStore, job_id: str) -> Job:
+def _job(store: JobStore, job_id: str, who: str | None) -> Job:
+    """The job, if it exists and belongs to the caller's key; otherwise 404, so ids leak nothing."""
     job = store.fetch(job_id)
-    if job is None:
+    if job is None or job.meta.get("owner") != who:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no job {job_id!r}")
     return job
 
 
 @router.get("/{job_id}", response_model=JobStatus, responses=NOT_FOUND)
-def get_job(job_id: str, store: StoreDep, request: Request) -> JobStatus:
+def get_job(job_id: str, store: StoreDep, who: Caller, request: Request) -> JobStatus:
     """Status, progress, queue position, timestamps, parameters, error and result URLs of a job."""
-    return store.describe(_job(store, job_id), str(request.base_url))
+    return store.describe(_job(store, job_id, who), str(request.base_url))
 
 
-def _png(store: JobStore, job_id: str, data: bytes | None) -> Response:
-    job = _job(store, job_id)
+def _png(store: JobStore, job_id: str, who: str | None, data: bytes | None) -> Response:
+    job = _job(store, job_id, who)
     state = store.state(job)
     if state != "finished":
         raise HTTPException(status.HTTP_409_CONFLICT, f"job {job_id} is {state}; results exist once it is finished")
@@ -41,21 +43,21 @@ def _png(store: JobStore, job_id: str, data: bytes | None) -> Response:
 @router.get(
     "/{job_id}/images/{k}.png", response_class=Response, responses={**PNG, **NOT_FOUND, 409: {"model": ErrorBody}}
 )
-def get_image(job_id: str, k: int, store: StoreDep, redis: RedisDep) -> Response:
+def get_image(job_id: str, k: int, store: StoreDep, redis: RedisDep, who: Caller) -> Response:
     """Image k (0-based) of a finished job."""
-    return _png(store, job_id, load_image(redis, job_id, k) if k >= 0 else None)
+    return _png(store, job_id, who, load_image(redis, job_id, k) if k >= 0 else None)
 
 
 @router.get("/{job_id}/grid.png", response_class=Response, responses={**PNG, **NOT_FOUND, 409: {"model": ErrorBody}})
-def get_grid(job_id: str, store: StoreDep, redis: RedisDep) -> Response:
+def get_grid(job_id: str, store: StoreDep, redis: RedisDep, who: Caller) -> Response:
     """All images of a finished job in one grid."""
-    return _png(store, job_id, load_grid(redis, job_id))
+    return _png(store, job_id, who, load_grid(redis, job_id))
 
 
 @router.delete("/{job_id}", response_model=CancelResponse, responses={**NOT_FOUND, 409: {"model": ErrorBody}})
-def cancel_job(job_id: str, store: StoreDep) -> CancelResponse:
+def cancel_job(job_id: str, store: StoreDep, who: Caller) -> CancelResponse:
     """A queued job never runs; a running job stops at its next step; a finished job answers 409."""
-    job = _job(store, job_id)
+    job = _job(store, job_id, who)
     try:
         outcome = store.cancel(job)
     except JobConflictError as exc:
