@@ -11,7 +11,7 @@ import uuid
 from typing import Any
 
 from redis import Redis
-from rq import Queue, Retry, Worker
+from rq import Queue, Retry, Worker, worker_registration
 from rq.exceptions import NoSuchJobError
 from rq.job import Job
 from rq.job import JobStatus as RQStatus
@@ -156,8 +156,18 @@ class JobStore:
         return QueueInfo(
             queued=queue.count,
             started=int(self.redis.zcard(queue.started_job_registry.key)),
-            workers=Worker.count(queue=queue),
+            workers=self.live_workers(queue),
         )
+
+    def live_workers(self, queue: Queue) -> int:
+        """Registered workers whose key has not expired (RQ drops dead ones from its index only later)."""
+        names = worker_registration.get_keys(queue=queue, connection=self.redis)
+        if not names:
+            return 0
+        with self.redis.pipeline() as pipe:
+            for name in names:
+                pipe.exists(name)
+            return sum(pipe.execute())
 
     def models_info(self) -> dict[str, list[dict[str, Any]]]:
         """What each live worker published when it loaded its model (stale entries of dead workers dropped)."""

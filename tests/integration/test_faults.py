@@ -1,0 +1,62 @@
+"""Faults with real processes: Redis restarting under queued jobs, workers with broken weights."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.integration.stack import ROOT, Stack, wait_until
+
+
+@pytest.mark.parametrize("damage", ["missing", "corrupt"])
+def test_a_worker_with_broken_weights_refuses_to_start(tmp_path: Path, damage: str) -> None:
+    stack = Stack(tmp_path)  # only for its tiny weights and environment; nothing is started
+    weights = Path(stack.env["GENSERVICE_DIFFUSION_WEIGHTS"])
+    if damage == "missing":
+        (weights / "model.safetensors").unlink()
+    else:
+        (weights / "model.safetensors").write_bytes(b"\x00" * 100)
+    result = subprocess.run([sys.executable, "-m", "diffusion_worker"], cwd=ROOT, env=stack.env,
+                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert result.returncode == 2
+    assert "cannot start" in result.stderr and "model.safetensors" in result.stderr
+
+
+def test_queued_jobs_survive_a_redis_restart_and_the_gateway_answers_503_meanwhile(tmp_path: Path) -> None:
+    stack = Stack(tmp_path)
+    stack.start()
+    try:
+        stack.kill("diffusion-worker")  # nothing consumes: the jobs stay queued
+        jobs = [stack.submit("diffusion", num_images=1, steps=5, seed=k) for k in range(3)]
+        stack.redis.config_set("appendonly", "yes")  # as in production (the test stack starts without AOF)
+        wait_until(lambda: stack.redis.info("persistence")["aof_rewrite_in_progress"] == 0, 20, "the AOF rewrite")
+        stack.kill("redis", 15)  # SIGTERM: Redis flushes its append-only file and exits
+
+        down = stack.client.post("/generate/diffusion", json={"steps": 5})
+        assert down.status_code == 503 and "Redis" in down.json()["detail"]
+        assert stack.client.get("/health").status_code == 200
+
+        stack.spawn("redis", "-m", "shared.service.redis_server", "--port", str(stack.redis_port),
+                    "--dir", str(stack.workdir / "redis"))  # fmt: skip
+        wait_until(stack._redis_up, 20, "Redis back")
+        stack.start_worker("diffusion")
+        for job in jobs:  # the gateway reconnects by itself; every accepted job completes
+            assert stack.wait_for(job["job_id"], timeout=90)["status"] == "finished"
+    finally:
+        stack.close()
+
+
+def test_ready_reports_a_missing_worker(tmp_path: Path) -> None:
+    stack = Stack(tmp_path)
+    stack.start()
+    try:
+        stack.kill("ebm-worker")
+        stack.redis.delete(*stack.redis.keys("rq:worker:ebm-*"))  # what the worker's key expiry does later
+        ready = httpx.get(f"{stack.url}/ready", timeout=5)
+        assert ready.status_code == 503 and ready.json()["workers"]["ebm"] == 0
+    finally:
+        stack.close()
