@@ -66,13 +66,13 @@ def test_progress_moves_and_queue_positions_count_down(stack: Stack) -> None:
 def test_cancel_a_queued_and_a_running_job(stack: Stack) -> None:
     running = stack.submit("diffusion", **LONG)
     queued = stack.submit("diffusion", **LONG)
-    stack.wait_for(running["job_id"], ("started",))
+    stack.wait_for(running["job_id"], ("started",), timeout=120)
     response = stack.client.delete(f"/jobs/{queued['job_id']}")
     assert response.status_code == 200 and response.json()["status"] == "canceled"
-    wait_until(lambda: (stack.status(running["job_id"])["progress"] or {}).get("step", 0) > 5, 30, "some steps")
+    wait_until(lambda: (stack.status(running["job_id"])["progress"] or {}).get("step", 0) > 5, 90, "some steps")
     assert stack.client.delete(f"/jobs/{running['job_id']}").json()["status"] == "canceling"
 
-    stopped = stack.wait_for(running["job_id"], ("canceled",), timeout=30)
+    stopped = stack.wait_for(running["job_id"], ("canceled",), timeout=90)
     assert stopped["progress"]["step"] < 1000
     never_ran = stack.status(queued["job_id"])
     assert never_ran["status"] == "canceled" and never_ran["started_at"] is None
