@@ -60,3 +60,38 @@ def test_ready_reports_a_missing_worker(tmp_path: Path) -> None:
         assert ready.status_code == 503 and ready.json()["workers"]["ebm"] == 0
     finally:
         stack.close()
+
+
+def test_ten_sigkills_lose_no_job(tmp_path: Path) -> None:
+    """Two diffusion replicas; ten times, SIGKILL whichever runs a job and start a fresh one."""
+    stack = Stack(tmp_path)  # heartbeat TTL 5 s: a dead worker's job is found quickly
+    stack.start()
+    try:
+        stack.start_worker("diffusion", "diffusion-worker-0")
+        jobs = [stack.submit("diffusion", num_images=1, steps=300, seed=k)["job_id"] for k in range(12)]
+        kills = 0
+        while kills < 10:
+            running = [s for s in (stack.status(j) for j in jobs) if s["status"] == "started" and s["worker"]]
+            if not running:
+                if all(stack.status(j)["status"] in ("finished", "failed", "canceled") for j in jobs):
+                    break  # everything ended before ten kills
+                continue
+            pid_of = {e["worker"]: e["pid"] for e in stack.client.get("/models/info").json()["models"]["diffusion"]}
+            pid = pid_of.get(running[0]["worker"])
+            victim = next((n for n, p in stack.processes.items() if p.pid == pid and n.startswith("diffusion")), None)
+            if victim is None:
+                continue
+            stack.kill(victim)
+            kills += 1
+            stack.start_worker("diffusion", f"diffusion-worker-k{kills}")
+        final = [stack.wait_for(j, ("finished", "failed"), timeout=240) for j in jobs]
+        finished = [s for s in final if s["status"] == "finished"]
+        failed = [s for s in final if s["status"] == "failed"]
+        assert kills >= 5
+        assert len(finished) + len(failed) == len(jobs)  # every accepted job ended: none lost, none stuck
+        assert all(s["attempts"] <= 3 for s in final)  # bounded: 1 + GENSERVICE_MAX_RETRIES
+        assert any(s["attempts"] > 1 for s in finished)  # killed jobs were retried and finished
+        assert all("Abandoned" in (s["error"] or "") for s in failed)  # a clear reason for the unlucky ones
+        print(f"accepted {len(jobs)}, finished {len(finished)}, failed {len(failed)}, lost 0, kills {kills}")
+    finally:
+        stack.close()
