@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
 
 import httpx
 from fastapi import FastAPI, Request, Response, status
-from fastapi.encoders import jsonable_encoder
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from redis import Redis
 from redis.exceptions import RedisError
@@ -20,19 +16,9 @@ from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from gateway.metrics import setup_metrics
 from gateway.routes import generate, jobs, legacy, system
 from gateway.settings import GatewaySettings, get_settings
+from shared.service.http import install_validation_handler
 
 logger = logging.getLogger(__name__)
-
-
-def json_safe(value: Any) -> Any:
-    """value with every non-finite float replaced by its string ("nan", "inf"), so it encodes as JSON."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(v) for v in value]
-    return value
 
 
 def create_app(settings: GatewaySettings | None = None) -> FastAPI:
@@ -71,12 +57,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             )
         return await call_next(request)
 
-    @app.exception_handler(RequestValidationError)
-    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-        # FastAPI's own handler echoes the input back, and NaN or Infinity in it cannot be encoded (a 500).
-        return JSONResponse(
-            {"detail": json_safe(jsonable_encoder(exc.errors()))}, status.HTTP_422_UNPROCESSABLE_CONTENT
-        )
+    install_validation_handler(app)
 
     @app.exception_handler(NoSuchJobError)
     async def job_gone(request: Request, exc: NoSuchJobError) -> JSONResponse:

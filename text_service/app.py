@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 import torch
 from fastapi import FastAPI
 
+from shared.service.http import install_validation_handler
 from text_service.models import load_models
 from text_service.routes import router
 from text_service.settings import Settings, get_settings
@@ -39,4 +40,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.include_router(router)
+    install_validation_handler(app)
     return app

@@ -150,3 +150,23 @@ def test_a_foreign_job_in_the_same_redis_is_described_not_a_500(client: TestClie
     )
     body = client.get(f"/jobs/{job.id}").json()
     assert body["model"] == "unknown" and body["status"] == "queued" and body["queue_position"] is None
+
+
+@pytest.mark.parametrize(
+    ("path", "content", "content_type"),
+    [
+        ("/generate/diffusion", b'{"num_images": 2,', "application/json"),  # malformed JSON
+        ("/generate/diffusion", b"num_images=2", "application/x-www-form-urlencoded"),  # wrong content type
+        ("/generate/diffusion", b'{"num_images": 1e308, "steps": 99999999999999999999999}', "application/json"),
+        ("/generate/ebm", b'{"num_images": -3, "noise_scale": -1}', "application/json"),
+        ("/generate/diffusion", '{"class_label": "猫"}'.encode(), "application/json"),  # unicode class name
+        ("/generate", b'{"start_word": "\\u0000\\ud83d", "length": 3}', "application/json"),
+        ("/embed", b"[1, 2, 3]", "application/json"),  # valid JSON, wrong shape
+    ],
+)
+def test_hostile_bodies_get_a_4xx_with_a_message(
+    client: TestClient, path: str, content: bytes, content_type: str
+) -> None:
+    response = client.post(path, content=content, headers={"content-type": content_type})
+    assert 400 <= response.status_code < 500, response.text
+    assert response.json()["detail"]

@@ -142,3 +142,9 @@ def test_bad_similarity_input_is_a_422(client: TestClient, body: dict[str, objec
 def test_the_openapi_schema_documents_every_route(client: TestClient) -> None:
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/generate", "/generate_with_rnn", "/embed", "/similarity", "/health"} <= set(paths)
+
+
+@pytest.mark.parametrize("body", [b'{"word": "\\ud83d"}', b'{"word": NaN}', b'{"word": Infinity}'])
+def test_unencodable_input_is_a_422_not_a_500(client: TestClient, body: bytes) -> None:
+    response = client.post("/embed", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 422 and response.json()["detail"]
