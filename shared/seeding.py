@@ -7,7 +7,7 @@ same noise on any device; each draw is then copied to the sampling device.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -26,6 +26,17 @@ def make_generators(seeds: Sequence[int]) -> list[torch.Generator]:
     return generators
 
 
+def _per_sample(
+    draw: Callable[..., torch.Tensor],
+    generators: Sequence[torch.Generator],
+    shape: Sequence[int],
+    device: torch.device | str,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    rows = [draw(tuple(shape), generator=g, dtype=dtype) for g in generators]
+    return torch.stack(rows).to(device)
+
+
 def randn_per_sample(
     generators: Sequence[torch.Generator],
     shape: Sequence[int],
@@ -34,8 +45,7 @@ def randn_per_sample(
     dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """Standard normal noise of shape (len(generators), *shape); row i comes from generators[i]."""
-    rows = [torch.randn(tuple(shape), generator=g, dtype=dtype) for g in generators]
-    return torch.stack(rows).to(device)
+    return _per_sample(torch.randn, generators, shape, device, dtype)
 
 
 def rand_per_sample(
@@ -46,8 +56,7 @@ def rand_per_sample(
     dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """Uniform [0, 1) noise of shape (len(generators), *shape); row i comes from generators[i]."""
-    rows = [torch.rand(tuple(shape), generator=g, dtype=dtype) for g in generators]
-    return torch.stack(rows).to(device)
+    return _per_sample(torch.rand, generators, shape, device, dtype)
 
 
 def seeds_from(seed: int, n: int) -> tuple[int, ...]:
