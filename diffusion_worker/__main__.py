@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 
+from diffusion_worker.jobs import job_model
 from shared.diffusion.pipeline import DiffusionPipeline
 from shared.service.settings import WorkerSettings
 from shared.service.worker import worker_main
@@ -18,4 +19,4 @@ def load(settings: WorkerSettings) -> DiffusionPipeline:
 
 
 if __name__ == "__main__":
-    raise SystemExit(worker_main("diffusion", load, sys.argv[1:]))
+    raise SystemExit(worker_main("diffusion", load, job_model, sys.argv[1:]))

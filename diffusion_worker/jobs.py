@@ -1,18 +1,21 @@
-"""The diffusion job as RQ runs it: JSON request in, PNGs into Redis, JSON summary out."""
+"""The diffusion job as RQ runs it: JSON request in, PNGs into Redis, JSON summary out.
+
+`generate_images` is the function the gateway enqueues; the worker runs it alone, or batches compatible
+queued jobs into one sampling run (shared/service/batching.py) through `job_model`.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from functools import partial
 from typing import Any
-
-import torch
 
 from diffusion_worker.sample import generate
 from shared.diffusion.pipeline import DiffusionPipeline, SampleParams
 from shared.diffusion.samplers import SamplerKind
 from shared.labels import labels_for
 from shared.seeding import seeds_from
-from shared.service.worker import ProgressReporter, get_model, run_job
+from shared.service.batching import JobModel
+from shared.service.worker import run_job
 
 
 def params_from_request(pipeline: DiffusionPipeline, request: dict[str, Any]) -> SampleParams:
@@ -39,11 +42,13 @@ def params_from_request(pipeline: DiffusionPipeline, request: dict[str, Any]) ->
     return params
 
 
+def job_model(pipeline: DiffusionPipeline) -> JobModel:
+    return JobModel(
+        params_from_request=partial(params_from_request, pipeline),
+        generate=partial(generate, pipeline),
+        steps_of=lambda params: params.steps,
+    )
+
+
 def generate_images(request: dict[str, Any]) -> dict[str, Any]:
-    pipeline: DiffusionPipeline = get_model()
-
-    def prepare() -> tuple[int, Callable[[ProgressReporter], torch.Tensor]]:
-        params = params_from_request(pipeline, request)
-        return params.steps, lambda callback: generate(pipeline, params, callback)
-
-    return run_job(prepare)
+    return run_job(request)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 
+from ebm_worker.jobs import job_model
 from shared.ebm.pipeline import EBMPipeline
 from shared.service.settings import WorkerSettings
 from shared.service.worker import worker_main
@@ -18,4 +19,4 @@ def load(settings: WorkerSettings) -> EBMPipeline:
 
 
 if __name__ == "__main__":
-    raise SystemExit(worker_main("ebm", load, sys.argv[1:]))
+    raise SystemExit(worker_main("ebm", load, job_model, sys.argv[1:]))

@@ -1,18 +1,17 @@
-"""The EBM job as RQ runs it: JSON request in, PNGs into Redis, JSON summary out."""
+"""The EBM job as RQ runs it: JSON request in, PNGs into Redis, JSON summary out (batched like diffusion jobs)."""
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from functools import partial
 from typing import Any
-
-import torch
 
 from ebm_worker.sample import generate
 from shared.ebm.pipeline import EBMPipeline, EBMSampleParams
 from shared.labels import labels_for
 from shared.seeding import seeds_from
-from shared.service.worker import ProgressReporter, get_model, run_job
+from shared.service.batching import JobModel
+from shared.service.worker import run_job
 
 
 def params_from_request(pipeline: EBMPipeline, request: dict[str, Any]) -> EBMSampleParams:
@@ -34,11 +33,13 @@ def params_from_request(pipeline: EBMPipeline, request: dict[str, Any]) -> EBMSa
     return params
 
 
+def job_model(pipeline: EBMPipeline) -> JobModel:
+    return JobModel(
+        params_from_request=partial(params_from_request, pipeline),
+        generate=partial(generate, pipeline),
+        steps_of=lambda params: params.langevin.steps,
+    )
+
+
 def generate_images(request: dict[str, Any]) -> dict[str, Any]:
-    pipeline: EBMPipeline = get_model()
-
-    def prepare() -> tuple[int, Callable[[ProgressReporter], torch.Tensor]]:
-        params = params_from_request(pipeline, request)
-        return params.langevin.steps, lambda callback: generate(pipeline, params, callback)
-
-    return run_job(prepare)
+    return run_job(request)

@@ -43,3 +43,9 @@ class WorkerSettings(QueueSettings):
     diffusion_weights: Path = MODELS_DIR / "diffusion"
     ebm_weights: Path = MODELS_DIR / "ebm"
     device: str = Field("auto", description="auto (cuda, mps, cpu), or a torch device name")
+    batch_max_images: int = Field(
+        16,
+        ge=1,
+        le=256,
+        description="images one sampling run may hold when compatible queued jobs are batched; 1 = no batching",
+    )

@@ -16,6 +16,7 @@ import logging
 import os
 import resource
 import socket
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -24,13 +25,17 @@ from typing import Any
 import torch
 from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 from rq import Queue, SimpleWorker, get_current_job
-from rq.executions import Execution
 from rq.job import Job
 from rq.serializers import JSONSerializer
+from rq.timeouts import JobTimeoutException
+from rq.utils import now as rq_now
+from rq.worker import WorkerStatus
 
 from shared.images import grid_image, png_bytes, to_pil
 from shared.service import keys
+from shared.service.batching import JobModel, Plan, claim_compatible, combine, request_of, slices
 from shared.service.logs import configure_logging, job_context
 from shared.service.metrics import publish_worker, record_job
 from shared.service.results import store_results
@@ -39,7 +44,7 @@ from shared.weights import WeightsError
 
 logger = logging.getLogger(__name__)
 
-_state: dict[str, Any] = {}  # the loaded model and the worker of this process
+_state: dict[str, Any] = {}  # the loaded model, its JobModel and the worker of this process
 
 
 class JobCanceledError(Exception):
@@ -47,27 +52,68 @@ class JobCanceledError(Exception):
 
 
 class ModelWorker(SimpleWorker):
-    """A SimpleWorker with short, progress-driven heartbeats and frequent registry maintenance."""
+    """A SimpleWorker with short, progress-driven heartbeats, frequent registry maintenance, and batching:
+    with `batch_max_images` > 1 it runs compatible queued jobs together with the one it dequeued."""
 
     heartbeat_ttl = 60
+    batch_max_images = 1
+    job_model: JobModel | None = None
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         return self.heartbeat_ttl
 
     def execute_job(self, job: Job, queue: Queue) -> None:
-        _state["execution"] = None
-        super().execute_job(job, queue)
+        batch = self.claim_batch(job, queue)
+        if not batch:
+            super().execute_job(job, queue)  # RQ's own path: job.perform() calls run_job()
+            return
+        self.execute_batch(batch, queue)
 
-    def prepare_execution(self, job: Job) -> Execution:
-        execution = super().prepare_execution(job)
-        _state["execution"] = execution
-        return execution
+    def claim_batch(self, job: Job, queue: Queue) -> list[tuple[Job, Plan]]:
+        """The dequeued job and the queued jobs that can share its run; [] when it runs alone."""
+        request = request_of(job)
+        if self.batch_max_images <= 1 or self.job_model is None or request is None:
+            return []
+        try:
+            plan = self.job_model.plan(request)
+        except (ValueError, TypeError, KeyError):
+            return []  # RQ's path fails it with the reason
+        try:
+            extra = claim_compatible(self.connection, queue, job, plan, self.job_model, self.batch_max_images)
+        except RedisError:  # claimed jobs wait on RQ's intermediate queue, which RQ puts back
+            logger.exception("job %s: could not look for jobs to batch with; it runs alone", job.id)
+            return []
+        return [(job, plan), *extra] if extra else []
+
+    def execute_batch(self, batch: list[tuple[Job, Plan]], queue: Queue) -> None:
+        """RQ's perform/finalize steps for each job, around one sampling run for all of them."""
+        jobs = [job for job, _ in batch]
+        executions = [self.prepare_execution(job) for job in jobs]
+        for job in jobs:
+            self.prepare_job_execution(job, remove_from_intermediate_queue=True)
+            job.started_at = rq_now()
+        timeout = max(job.timeout or queue.DEFAULT_TIMEOUT for job in jobs)
+        try:
+            with (
+                self.death_penalty_class(timeout, JobTimeoutException, job_id=jobs[0].id),
+                job_context(job_id=",".join(job.id for job in jobs), model=jobs[0].meta.get("model")),
+            ):
+                outcomes = run_plans(batch)
+        except Exception:
+            exc_info = sys.exc_info()
+            for job, execution in zip(jobs, executions, strict=True):
+                job.retries_left = 0  # the run failed for a reason a retry would meet again
+                self._finalize_failure(job, queue, execution, exc_info)
+        else:
+            for job, execution, outcome in zip(jobs, executions, outcomes, strict=True):
+                self._finalize_success(job, queue, execution, outcome)
+        self.set_state(WorkerStatus.IDLE)
 
     def beat(self, job: Job) -> None:
         """Refresh this worker's, the job's and the started-registry entry's expiry."""
-        execution = _state.get("execution")
-        if execution is not None:
-            self.maintain_heartbeats(job, execution)
+        for execution in list(self.executions.values()):
+            if execution.job_id == job.id:
+                self.maintain_heartbeats(job, execution)
 
     def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
         """RQ's heartbeat (also sent while idle), plus this worker's metrics status."""
@@ -110,8 +156,33 @@ class ProgressReporter:
                 self.worker.publish(self.job.id, speed)
 
 
-def set_model(model: Any) -> None:
+class BatchProgress:
+    """The sampler's callback for a run shared by several jobs: each job's reporter sees its own images.
+
+    A canceled job stops getting progress (its images are still computed, then dropped); when every job
+    of the run is canceled, the run stops.
+    """
+
+    def __init__(self, reporters: list[ProgressReporter], rows: list[slice]) -> None:
+        self.reporters, self.rows = reporters, rows
+        self.canceled: set[int] = set()
+
+    def __call__(self, step: int, total: int, preview: torch.Tensor | None = None) -> None:
+        for k, reporter in enumerate(self.reporters):
+            if k in self.canceled:
+                continue
+            try:
+                reporter(step, total, None if preview is None else preview[self.rows[k]])
+            except JobCanceledError:
+                self.canceled.add(k)
+                logger.info("job %s canceled at step %d", reporter.job.id, step)
+        if len(self.canceled) == len(self.reporters):
+            raise JobCanceledError(f"all {len(self.reporters)} jobs of the run canceled at step {step}")
+
+
+def set_model(model: Any, job_model: JobModel | None = None) -> None:
     _state["model"] = model
+    _state["job_model"] = job_model
 
 
 def get_model() -> Any:
@@ -120,53 +191,74 @@ def get_model() -> Any:
     return _state["model"]
 
 
-# prepare() -> (total steps, run); run(callback) -> uint8 images (N, C, H, W)
-Prepare = Callable[[], tuple[int, Callable[[ProgressReporter], torch.Tensor]]]
-
-
-def run_job(prepare: Prepare) -> dict:
-    """Execute one sampling job inside the worker: progress, cancellation, PNGs into Redis.
-
-    `prepare()` turns the request into parameters (and may raise ValueError); returns the job's JSON result.
-    """
+def run_job(request: dict[str, Any]) -> dict:
+    """Execute one sampling job inside the worker (RQ's unbatched path): returns the job's JSON result."""
     job = get_current_job()
     if job is None:
         raise RuntimeError("run_job must be called from an RQ job")
+    job_model: JobModel | None = _state.get("job_model")
+    if job_model is None:
+        raise RuntimeError("no model is loaded in this process: jobs run only inside a model worker")
     with job_context(job_id=job.id, model=job.meta.get("model")):
-        return _run_job(job, prepare)
+        try:
+            try:
+                plan = job_model.plan(request)
+            except Exception:
+                job.meta["attempts"] = int(job.meta.get("attempts", 0)) + 1  # run_plans counts the others
+                raise
+            return run_plans([(job, plan)])[0]
+        except Exception:
+            # Bad parameters or a timeout fail the same way every time: retries are for dead workers only.
+            job.retries_left = 0
+            job.save_meta()
+            raise
 
 
-def _run_job(job: Job, prepare: Prepare) -> dict:
-    job.meta["attempts"] = int(job.meta.get("attempts", 0)) + 1
+def run_plans(batch: list[tuple[Job, Plan]]) -> list[dict]:
+    """One sampling run for the jobs of a batch: progress, cancellation, then each job's PNGs into Redis.
+
+    Returns each job's JSON result, in order: `{"num_images", "seconds", "batch_size"}` or `{"canceled": True}`.
+    """
+    job_model: JobModel = _state["job_model"]
     worker: ModelWorker | None = _state.get("worker")
-    reporter = ProgressReporter(job, worker)
+    jobs, plans = [job for job, _ in batch], [plan for _, plan in batch]
+    for job in jobs:
+        job.meta["attempts"] = int(job.meta.get("attempts", 0)) + 1
+        job.meta["batch_size"] = len(batch)  # jobs in this run (saved with the first progress)
+        logger.info("job %s: attempt %d starts (a run of %d jobs)", job.id, job.meta["attempts"], len(batch))
+    progress = BatchProgress([ProgressReporter(job, worker) for job in jobs], slices(plans))
     started = time.perf_counter()
-    logger.info("job %s: attempt %d starts", job.id, job.meta["attempts"])
+    images: torch.Tensor | None = None
     try:
-        total_steps, run = prepare()
-        reporter(0, total_steps)  # publishes the attempt, and honours a cancel that came before the start
-        images = run(reporter)
+        progress(0, plans[0].steps)  # publishes the attempts, and honours cancels that came before the start
+        images = job_model.generate(combine(plans), progress)
     except JobCanceledError:
-        logger.info("job %s canceled", job.id)
-        job.meta["canceled"] = True
-        job.save_meta()
-        return {"canceled": True}
-    except Exception:
-        # Bad parameters or a timeout fail the same way every time: retries are for dead workers only.
-        job.retries_left = 0
-        job.save_meta()
-        raise
+        pass  # every job of the run was canceled
     seconds = time.perf_counter() - started
+    results = []
+    for k, (job, rows) in enumerate(zip(jobs, progress.rows, strict=True)):
+        if images is None or k in progress.canceled:
+            job.meta["canceled"] = True
+            job.save_meta()
+            results.append({"canceled": True})
+            continue
+        results.append(_store(job, images[rows], seconds, len(batch)))
+        if worker is not None:
+            _state["status"]["images_generated"] = _state["status"].get("images_generated", 0) + len(images[rows])
+    if worker is not None:
+        worker.publish(None)
+    return results
+
+
+def _store(job: Job, images: torch.Tensor, seconds: float, batch_size: int) -> dict:
+    """A finished job's PNGs and grid into Redis with the job's result TTL, and its timings into the metrics."""
     pngs = [png_bytes(to_pil(image)) for image in images]
     ttl = job.result_ttl if job.result_ttl and job.result_ttl > 0 else QueueSettings().result_ttl
     store_results(job.connection, job.id, pngs, png_bytes(grid_image(images)), ttl)
     wait = (job.started_at - job.enqueued_at).total_seconds() if job.started_at and job.enqueued_at else 0.0
     record_job(job.connection, job.meta.get("model", "unknown"), max(wait, 0.0), seconds, len(pngs))
-    if worker is not None:
-        _state["status"]["images_generated"] = _state["status"].get("images_generated", 0) + len(pngs)
-        worker.publish(None)
-    logger.info("job %s: %d images in %.1f s", job.id, len(pngs), seconds)
-    return {"num_images": len(pngs), "seconds": round(seconds, 3)}
+    logger.info("job %s: %d images in %.1f s (a run of %d jobs)", job.id, len(pngs), seconds, batch_size)
+    return {"num_images": len(pngs), "seconds": round(seconds, 3), "batch_size": batch_size}
 
 
 def worker_name(model: str) -> str:
@@ -174,15 +266,23 @@ def worker_name(model: str) -> str:
 
 
 def run_worker(
-    model: str, loaded: Any, info: dict[str, Any], settings: QueueSettings, name: str, burst: bool = False
+    model: str,
+    loaded: Any,
+    job_model: JobModel,
+    info: dict[str, Any],
+    settings: WorkerSettings,
+    name: str,
+    burst: bool = False,
 ) -> None:
     """Publish what was loaded, then pull jobs from the model's queue until stopped (SIGTERM: warm stop)."""
     redis = Redis.from_url(settings.redis_url)
-    set_model(loaded)
+    set_model(loaded, job_model)
     _state.update(model_name=model, device=info.get("device", ""))
     _state["settings"] = settings
     redis.hset(keys.model_info(model), name, json.dumps(info))
     ModelWorker.heartbeat_ttl = settings.heartbeat_ttl
+    ModelWorker.batch_max_images = settings.batch_max_images
+    ModelWorker.job_model = job_model
     # A short worker TTL makes an idle worker wake up (and look for abandoned jobs) every few seconds.
     worker = ModelWorker(
         [keys.QUEUES[model]], connection=redis, serializer=JSONSerializer, name=name,
@@ -212,11 +312,17 @@ def wait_for_redis(url: str, timeout: float = 30.0) -> Redis:
             time.sleep(0.25)
 
 
-def worker_main(model: str, load: Callable[[WorkerSettings], Any], argv: list[str] | None = None) -> int:
+def worker_main(
+    model: str,
+    load: Callable[[WorkerSettings], Any],
+    job_model: Callable[[Any], JobModel],
+    argv: list[str] | None = None,
+) -> int:
     """Entry point of `python -m <model>_worker`: load the weights once, then serve the queue.
 
     A missing or corrupt weights file stops the worker here, with the reason, before it takes a job.
-    `load` returns the pipeline; its `.card` and `.device` are published as the model's info.
+    `load` returns the pipeline; its `.card` and `.device` are published as the model's info;
+    `job_model(pipeline)` says how requests become sampling runs.
     """
     settings = WorkerSettings()
     name = worker_name(model)
@@ -241,5 +347,5 @@ def worker_main(model: str, load: Callable[[WorkerSettings], Any], argv: list[st
         "host": socket.gethostname(),
         "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    run_worker(model, pipeline, info, settings, name, burst=burst)
+    run_worker(model, pipeline, job_model(pipeline), info, settings, name, burst=burst)
     return 0

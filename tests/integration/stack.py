@@ -57,7 +57,7 @@ def save_tiny_models(directory: Path) -> tuple[Path, Path]:
 class Stack:
     """Processes of one test stack; everything is stopped by close()."""
 
-    def __init__(self, workdir: Path, heartbeat_ttl: int = 5) -> None:
+    def __init__(self, workdir: Path, heartbeat_ttl: int = 5, batch_max_images: int = 1) -> None:
         self.workdir = workdir
         self.redis_port, self.gateway_port = free_port(), free_port()
         self.redis_url = f"redis://127.0.0.1:{self.redis_port}/0"
@@ -68,6 +68,9 @@ class Stack:
             "GENSERVICE_DIFFUSION_WEIGHTS": str(diffusion),
             "GENSERVICE_EBM_WEIGHTS": str(ebm),
             "GENSERVICE_HEARTBEAT_TTL": str(heartbeat_ttl),
+            # Queue semantics (positions, one job at a time) are tested unbatched; tests/integration/test_batching.py
+            # runs a stack with batching on.
+            "GENSERVICE_BATCH_MAX_IMAGES": str(batch_max_images),
             "GENSERVICE_PORT": str(self.gateway_port),
             "GENSERVICE_TEXT_SERVICE_URL": f"http://127.0.0.1:{free_port()}",  # nothing listens there
             "OMP_NUM_THREADS": "1",
