@@ -88,7 +88,7 @@ function number(id) {
 
 function request() {
   const body = { num_images: number("num-images"), previews: number("previews") ?? 0 };
-  const label = $("class").value;
+  const label = $("class-label").value;
   if (label !== "") body.class_label = label;
   const seed = number("seed");
   if (seed !== null) body.seed = seed;
@@ -130,7 +130,7 @@ async function submit(event) {
 
 function fillForm(model_, params) {
   document.querySelector(`input[name=model][value=${model_}]`).checked = true;
-  $("class").value = params.class_label === undefined || params.class_label === null
+  $("class-label").value = params.class_label === undefined || params.class_label === null
     ? "" : (typeof params.class_label === "number" ? CLASSES[params.class_label] : params.class_label);
   $("num-images").value = params.num_images;
   $("seed").value = params.seed ?? "";
@@ -356,7 +356,7 @@ async function loadModels() {
 }
 
 function init() {
-  for (const name of CLASSES) $("class").append(new Option(name, name));
+  for (const name of CLASSES) $("class-label").append(new Option(name, name));
   $("api-key").value = localStorage.getItem(APIKEY_KEY) || "";
   $("api-key").addEventListener("change", () => {
     const key = $("api-key").value.trim();
