@@ -40,7 +40,10 @@ def main(argv: list[str] | None = None) -> int:
             wait_until(lambda: job_status(browser) == "finished", 600, "the diffusion job")
             wait_until(lambda: browser.execute_script(IMAGES_LOADED, "#results img", 16), 30, "the images")
             height = browser.execute_script("return document.documentElement.scrollHeight")
-            browser.set_window_size(args.width, height)
+            browser.execute_cdp_cmd(  # the whole page in one picture: a viewport as tall as the page
+                "Emulation.setDeviceMetricsOverride",
+                {"width": args.width, "height": height, "deviceScaleFactor": 1, "mobile": False},
+            )
             args.out.parent.mkdir(parents=True, exist_ok=True)
             browser.save_screenshot(str(args.out))
         finally:
