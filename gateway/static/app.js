@@ -70,9 +70,10 @@ function applyModel() {
   if (m === "diffusion") {
     steps.max = 1000;
     const ddpm = $("sampler").value === "ddpm";
+    const wasDdpm = steps.disabled;
     steps.disabled = ddpm;
     if (ddpm) steps.value = 1000;
-    else if (!steps.value || +steps.value > 1000 || steps.dataset.model !== m) steps.value = 50;
+    else if (wasDdpm || !steps.value || +steps.value > 1000 || steps.dataset.model !== m) steps.value = 50;
   } else {
     steps.max = 2000;
     steps.disabled = false;

@@ -29,13 +29,16 @@ def page(browser: WebDriver, stack: Stack) -> WebDriver:
 def test_a_job_shows_progress_its_trajectory_and_its_images(page: WebDriver, stack: Stack, artifacts: Path) -> None:
     fill(page, "diffusion", class_label="cat", num_images=4, sampler="ddpm", seed=7, previews=6)
     job_id = submit(page)
-    values = set()
+    values, frames = set(), set()
     deadline = time.monotonic() + 120
-    while job_status(page) != "finished" and time.monotonic() < deadline:
+    while (status := job_status(page)) != "finished" and time.monotonic() < deadline:
         values.add(page.execute_script("return document.getElementById('progress').value"))
+        if status == "started":
+            frames.add(page.execute_script("return document.querySelectorAll('#trajectory figure').length"))
         time.sleep(0.05)
     assert job_status(page) == "finished", text(page, "job-error")
     assert len({v for v in values if 0 < v < 1}) >= 2  # the bar moved while the job ran
+    assert {1, 2, 3, 4, 5} & frames  # the trajectory grew while the job ran
     assert page.execute_script("return document.getElementById('progress').value") == 1
     assert text(page, "progress-text") == "step 1000 / 1000"
     assert text(page, "job-seed") == "7"
