@@ -119,7 +119,7 @@ async function submit(event) {
   const body = request();
   $("submit").disabled = true;
   try {
-    const accepted = await api("POST", `/generate/${m}`, body);
+    const accepted = await api("POST", `generate/${m}`, body);
     remember({ id: accepted.job_id, model: m, params: body, created: Date.now(), status: "queued" });
     openJob(accepted.job_id, m);
   } catch (error) {
@@ -177,7 +177,7 @@ async function poll() {
   if (!job) return;
   let status;
   try {
-    status = await api("GET", `/jobs/${job.id}`);
+    status = await api("GET", `jobs/${job.id}`);
   } catch (error) {
     if (state.job !== job) return;
     if (error.status === 404) {
@@ -273,7 +273,7 @@ async function cancel() {
   if (!state.job) return;
   $("cancel").disabled = true;
   try {
-    const answer = await api("DELETE", `/jobs/${state.job.id}`);
+    const answer = await api("DELETE", `jobs/${state.job.id}`);
     $("job-status").textContent = answer.status;
     clearTimeout(state.timer);
     poll();
@@ -338,7 +338,7 @@ function renderRecent() {
 
 async function loadModels() {
   try {
-    const info = await api("GET", "/models/info");
+    const info = await api("GET", "models/info");
     const ebm = (info.models.ebm || [])[0];
     if (ebm && ebm.sampling) {
       state.defaults.ebmSteps = ebm.sampling.steps;
