@@ -8,10 +8,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from shared.service.results import MAX_PREVIEWS
+
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 MAX_SEED = 2**63 - 1
 DDPM_STEPS = 1000  # T of the shipped diffusion model
-MAX_PREVIEWS = 16  # the same bound as shared.service.previews.MAX_PREVIEWS (which needs torch)
 JobState = Literal["queued", "started", "finished", "failed", "canceled"]
 
 

@@ -15,11 +15,10 @@ from redis import Redis
 from rq.job import Job
 
 from shared.images import grid_image, png_bytes, to_uint8
-from shared.service.results import clear_previews, store_preview
+from shared.service.results import MAX_PREVIEWS, clear_previews, store_preview
 from shared.service.settings import QueueSettings
 
 logger = logging.getLogger(__name__)
-MAX_PREVIEWS = 16  # also the bound of the request field (gateway/schemas.py)
 
 
 def preview_steps(count: int, total: int) -> list[int]:

@@ -8,6 +8,8 @@ from redis import Redis
 
 from shared.service import keys
 
+MAX_PREVIEWS = 16  # intermediate grids one job may keep (the bound of the requests' `previews` field)
+
 
 def store_results(redis: Redis, job_id: str, images: Sequence[bytes], grid: bytes, ttl: int) -> None:
     """All PNGs of a job in one pipeline, each with the same TTL."""
