@@ -14,7 +14,7 @@ from redis.exceptions import RedisError
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 
 from gateway.metrics import setup_metrics
-from gateway.routes import generate, jobs, legacy, system
+from gateway.routes import generate, jobs, legacy, system, ui
 from gateway.settings import GatewaySettings, get_settings
 from shared.service.http import install_validation_handler
 
@@ -43,6 +43,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.dependency_overrides[get_settings] = lambda: settings
     for module in (generate, jobs, system, legacy):
         app.include_router(module.router)
+    ui.mount(app)
     setup_metrics(app)
 
     @app.middleware("http")

@@ -17,8 +17,9 @@ from rq.job import Job
 from rq.job import JobStatus as RQStatus
 from rq.serializers import JSONSerializer
 
-from gateway.schemas import JobResults, JobState, JobStatus, Progress, QueueInfo
+from gateway.schemas import JobResults, JobState, JobStatus, Preview, Progress, QueueInfo
 from shared.service import keys
+from shared.service.results import list_previews
 from shared.service.settings import QueueSettings
 
 JOB_FUNCTIONS = {
@@ -119,6 +120,10 @@ class JobStore:
                 images=[f"{base_url}jobs/{job.id}/images/{k}.png" for k in range(n)],
                 grid=f"{base_url}jobs/{job.id}/grid.png",
             )
+        previews = [
+            Preview(index=k, step=step, url=f"{base_url}jobs/{job.id}/previews/{k}.png")
+            for k, step in (list_previews(self.redis, job.id) if request.get("previews") else [])
+        ]
         return JobStatus(
             job_id=job.id,
             model=model,
@@ -135,6 +140,7 @@ class JobStore:
             parameters=request,
             error=failure_reason(job) if state == "failed" else None,
             results=results,
+            previews=previews,
         )
 
     def cancel(self, job: Job) -> str:

@@ -8,6 +8,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from shared.service.results import MAX_PREVIEWS
+
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 MAX_SEED = 2**63 - 1
 DDPM_STEPS = 1000  # T of the shipped diffusion model
@@ -29,6 +31,11 @@ class _Request(BaseModel):
     seed: int | None = Field(
         None, ge=0, le=MAX_SEED - 64, description="image k uses seed + k; omitted: chosen and recorded"
     )
+    previews: int = Field(
+        0, ge=0, le=MAX_PREVIEWS,
+        description="intermediate grids to keep, evenly spaced over the steps (diffusion: the x_0 prediction; "
+        "EBM: the chain state); listed in the job status while it runs",
+    )  # fmt: skip
 
     @field_validator("class_label", mode="before")
     @classmethod
@@ -99,6 +106,12 @@ class JobResults(BaseModel):
     grid: str
 
 
+class Preview(BaseModel):
+    index: int = Field(description="k in /jobs/{job_id}/previews/{k}.png")
+    step: int = Field(description="the sampling step the grid shows")
+    url: str
+
+
 class JobStatus(BaseModel):
     job_id: str
     model: str
@@ -113,6 +126,9 @@ class JobStatus(BaseModel):
     parameters: dict[str, Any]
     error: str | None = None
     results: JobResults | None = None
+    previews: list[Preview] = Field(
+        default_factory=list, description="intermediate grids stored so far (when the request asked for previews)"
+    )
 
 
 class CancelResponse(BaseModel):

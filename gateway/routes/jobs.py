@@ -9,7 +9,7 @@ from gateway.access import Caller
 from gateway.deps import RedisDep, StoreDep
 from gateway.jobs import JobConflictError, JobStore
 from gateway.schemas import CancelResponse, ErrorBody, JobStatus
-from shared.service.results import load_grid, load_image
+from shared.service.results import load_grid, load_image, load_preview
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 NOT_FOUND = {404: {"model": ErrorBody, "description": "no such job (or its results expired)"}}
@@ -52,6 +52,16 @@ def get_image(job_id: str, k: int, store: StoreDep, redis: RedisDep, who: Caller
 def get_grid(job_id: str, store: StoreDep, redis: RedisDep, who: Caller) -> Response:
     """All images of a finished job in one grid."""
     return _png(store, job_id, who, load_grid(redis, job_id))
+
+
+@router.get("/{job_id}/previews/{k}.png", response_class=Response, responses={**PNG, **NOT_FOUND})
+def get_preview(job_id: str, k: int, redis: RedisDep, store: StoreDep, who: Caller) -> Response:
+    """Intermediate grid k of a job that asked for previews; available while it runs, and after."""
+    _job(store, job_id, who)
+    data = load_preview(redis, job_id, k) if k >= 0 else None
+    if data is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {job_id} has no preview {k} (yet)")
+    return Response(content=data, media_type="image/png")
 
 
 @router.delete("/{job_id}", response_model=CancelResponse, responses={**NOT_FOUND, 409: {"model": ErrorBody}})

@@ -14,6 +14,15 @@ def result_grid(job_id: str) -> str:
     return f"{PREFIX}:result:{job_id}:grid"
 
 
+def preview_image(job_id: str, k: int) -> str:
+    return f"{PREFIX}:result:{job_id}:preview:{k}"
+
+
+def preview_steps(job_id: str) -> str:
+    """Hash: preview index k -> the sampling step it shows."""
+    return f"{PREFIX}:result:{job_id}:previews"
+
+
 def cancel_flag(job_id: str) -> str:
     return f"{PREFIX}:cancel:{job_id}"
 

@@ -38,6 +38,7 @@ from shared.service import keys
 from shared.service.batching import JobModel, Plan, claim_compatible, combine, request_of, slices
 from shared.service.logs import configure_logging, job_context
 from shared.service.metrics import publish_worker, record_job
+from shared.service.previews import PreviewRecorder
 from shared.service.results import store_results
 from shared.service.settings import QueueSettings, WorkerSettings
 from shared.weights import WeightsError
@@ -141,10 +142,13 @@ class ProgressReporter:
         self.job, self.worker, self.interval = job, worker, interval
         self.redis: Redis = job.connection
         self.last, self.last_step = 0.0, 0
+        self.previews = PreviewRecorder.for_job(job)  # None unless the request asked for previews
 
     def __call__(self, step: int, total: int, preview: torch.Tensor | None = None) -> None:
         if self.redis.exists(keys.cancel_flag(self.job.id)):
             raise JobCanceledError(f"job {self.job.id} canceled at step {step}")
+        if self.previews is not None and preview is not None:
+            self.previews(step, total, preview)  # preview: this job's images only, [-1, 1], (N, C, H, W)
         now = time.monotonic()
         if now - self.last >= self.interval or step == total:
             speed = (step - self.last_step) / (now - self.last) if self.last and now > self.last else None

@@ -44,6 +44,20 @@ def test_ebm_job_end_to_end_and_reproducible(stack: Stack) -> None:
     assert download(stack, first["results"]["images"][1]) == download(stack, again["results"]["images"][1])
 
 
+def test_jobs_with_previews_expose_their_trajectory(stack: Stack) -> None:
+    for model, body, steps, size in (
+        ("diffusion", {"num_images": 2, "steps": 20, "previews": 4}, [5, 10, 15, 20], (70, 36)),  # x_0 predictions
+        ("ebm", {"num_images": 3, "previews": 3}, [7, 14, 20], (70, 70)),  # chain states; the card's 20 steps
+    ):
+        status = stack.wait_for(stack.submit(model, **body)["job_id"])
+        assert [p["step"] for p in status["previews"]] == steps, model
+        grids = [Image.open(io.BytesIO(download(stack, p["url"]))) for p in status["previews"]]
+        assert {grid.size for grid in grids} == {size}, model  # a grid of the job's images, 2 per row
+    plain = stack.wait_for(stack.submit("diffusion", num_images=1, steps=5)["job_id"])
+    assert plain["previews"] == []
+    assert stack.client.get(f"/jobs/{plain['job_id']}/previews/0.png").status_code == 404
+
+
 def test_progress_moves_and_queue_positions_count_down(stack: Stack) -> None:
     running = stack.submit("diffusion", **LONG)
     queued = [stack.submit("diffusion", num_images=1, steps=5) for _ in range(2)]
