@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import signal
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from PIL import Image
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
@@ -48,7 +50,7 @@ def test_compatible_queued_jobs_share_one_run_and_get_the_images_of_unbatched_ru
     blocker = hold_worker(stack)
     requests = [
         {"num_images": 1, "steps": 20, "class_label": "cat", "seed": 11},
-        {"num_images": 2, "steps": 20, "class_label": "ship", "seed": 12},
+        {"num_images": 2, "steps": 20, "class_label": "ship", "seed": 12, "previews": 2},
         {"num_images": 1, "steps": 20, "class_label": 3, "seed": 13, "guidance_scale": 1.0},
     ]
     other_steps = stack.submit("diffusion", num_images=1, steps=21, class_label="cat", seed=11)
@@ -62,6 +64,10 @@ def test_compatible_queued_jobs_share_one_run_and_get_the_images_of_unbatched_ru
     for status, body in zip(statuses, requests, strict=True):
         assert status["progress"] == {"step": 20, "total": 20, "fraction": 1.0}  # each job its own progress
         assert len(status["results"]["images"]) == body["num_images"]
+    # Trajectory frames only for the job that asked, of its own two images (a 2-wide grid, 2 + 2 * 34 px).
+    assert [len(s["previews"]) for s in statuses] == [0, 2, 0]
+    frame = Image.open(io.BytesIO(stack.client.get(statuses[1]["previews"][-1]["url"]).content))
+    assert frame.size == (2 + 2 * 34, 2 + 34)
     for job in (other_steps, unconditional):  # other step count / no class label: not compatible, run alone
         stack.wait_for(job["job_id"], timeout=120)
         assert meta(stack, job["job_id"])["batch_size"] == 1
