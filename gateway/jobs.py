@@ -94,8 +94,8 @@ class JobStore:
                 return "canceled"
             if status == RQStatus.FAILED:
                 return "canceled"  # its worker died after the cancel request
-        if status == RQStatus.FINISHED and job.meta.get("canceled"):
-            return "canceled"
+        if status in (RQStatus.FINISHED, RQStatus.STARTED) and job.meta.get("canceled"):
+            return "canceled"  # STARTED: canceled inside a batch that is still running for its other jobs
         return _STATES.get(status, "queued") if status is not None else "failed"
 
     def _cancel_queued(self, job: Job) -> None:

@@ -7,12 +7,13 @@ image does not depend on which other images share its batch. Jobs are *compatibl
 but their seeds and class labels is equal (sampler, steps, eta, guidance, Langevin step size, ...),
 and when they are all conditional or all unconditional (guidance is skipped without labels).
 
-How a batch is claimed: the worker dequeues a job as RQ does; then it scans the head of the same queue
-and moves each compatible job, one at a time and atomically (Lua), from the queue onto RQ's
-intermediate queue, as RQ's own dequeue does. From there RQ's bookkeeping takes over: the worker
-marks each claimed job started (StartedJobRegistry, heartbeats), so a worker killed mid-batch leaves
-every job of the batch to be found abandoned and retried, and a claimed job that never got that far
-is put back by RQ's intermediate-queue cleanup.
+How a batch is claimed: the worker dequeues a job as RQ does (and marks itself busy, so a SIGTERM
+now is a warm stop); then it scans the head of the same queue and moves each compatible job, one at
+a time and atomically (Lua), from the queue onto RQ's intermediate queue, as RQ's own dequeue does.
+Right after the scan each claimed job gets its execution (StartedJobRegistry, heartbeats), exactly as
+a dequeued job does, so a worker killed mid-batch leaves every job of the batch to be found abandoned
+and retried (a retried job then runs alone). Only a worker killed inside the scan itself strands
+jobs on the intermediate queue; RQ's maintenance then fails them into their retry after a minute.
 
 Fairness: compatible jobs further back may overtake incompatible ones at the head of the queue; the
 scan is bounded (`SCAN_DEPTH`), so an incompatible job waits at most one batch longer.
@@ -28,6 +29,7 @@ from typing import Any
 
 import torch
 from redis import Redis
+from redis.exceptions import RedisError
 from rq import Queue
 from rq.job import Job
 
@@ -122,22 +124,30 @@ def claim_compatible(
     budget = max_images - leader_plan.num_images
     if budget <= 0:
         return []
-    ids = [i.decode() if isinstance(i, bytes) else i for i in connection.lrange(queue.key, 0, SCAN_DEPTH - 1)]
+    try:
+        ids = [i.decode() if isinstance(i, bytes) else i for i in connection.lrange(queue.key, 0, SCAN_DEPTH - 1)]
+        candidates = Job.fetch_many(ids, connection=connection, serializer=queue.serializer)
+    except Exception:
+        logger.exception("job %s: could not look for jobs to batch with; it runs alone", leader.id)
+        return []
     claim = connection.register_script(_CLAIM)
     claimed: list[tuple[Job, Plan]] = []
-    for job in Job.fetch_many(ids, connection=connection, serializer=queue.serializer):
+    for job in candidates:
         if budget <= 0:
             break
-        request = None if job is None or job.func_name != leader.func_name else request_of(job)
-        if request is None:
+        try:  # whatever is wrong with a queued job, it fails on its own turn with its own error
+            request = None if job is None or job.func_name != leader.func_name else request_of(job)
+            plan = None if request is None else job_model.plan(request)
+        except Exception:
+            continue
+        if plan is None or plan.key != leader_plan.key or plan.num_images > budget:
             continue
         try:
-            plan = job_model.plan(request)
-        except (ValueError, TypeError, KeyError):
-            continue  # it fails on its own turn, with its own error
-        if plan.key != leader_plan.key or plan.num_images > budget:
-            continue
-        if claim(keys=[queue.key, queue.intermediate_queue_key], args=[job.id]) == 1:
+            won = claim(keys=[queue.key, queue.intermediate_queue_key], args=[job.id]) == 1
+        except RedisError:
+            logger.exception("job %s: a claim failed; running the %d jobs claimed so far", leader.id, len(claimed))
+            break
+        if won:
             claimed.append((job, plan))
             budget -= plan.num_images
     if claimed:

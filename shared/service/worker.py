@@ -25,8 +25,8 @@ from typing import Any
 import torch
 from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 from rq import Queue, SimpleWorker, get_current_job
+from rq.executions import Execution
 from rq.job import Job
 from rq.serializers import JSONSerializer
 from rq.timeouts import JobTimeoutException
@@ -64,51 +64,76 @@ class ModelWorker(SimpleWorker):
         return self.heartbeat_ttl
 
     def execute_job(self, job: Job, queue: Queue) -> None:
-        batch = self.claim_batch(job, queue)
-        if not batch:
-            super().execute_job(job, queue)  # RQ's own path: job.perform() calls run_job()
-            return
-        self.execute_batch(batch, queue)
+        """SimpleWorker.execute_job, plus: take compatible queued jobs and run them all in one run."""
+        execution = self.prepare_execution(job)  # BUSY from here: a SIGTERM during the claim is a warm stop
+        plan, claimed = self.claim_batch(job, queue)
+        if plan is not None and claimed:
+            self.execute_batch([(job, plan), *claimed], execution, queue)
+        else:
+            self.perform_job(job, queue, execution)  # RQ's own path: job.perform() calls run_job()
+        self.set_state(WorkerStatus.IDLE)
 
-    def claim_batch(self, job: Job, queue: Queue) -> list[tuple[Job, Plan]]:
-        """The dequeued job and the queued jobs that can share its run; [] when it runs alone."""
+    def claim_batch(self, job: Job, queue: Queue) -> tuple[Plan | None, list[tuple[Job, Plan]]]:
+        """The dequeued job's plan and the queued jobs claimed to share its run (none: it runs alone)."""
         request = request_of(job)
         if self.batch_max_images <= 1 or self.job_model is None or request is None:
-            return []
+            return None, []
+        if int(job.meta.get("attempts", 0)) > 0:
+            return None, []  # a retried job runs alone: its last run may have died of its batch's size
         try:
             plan = self.job_model.plan(request)
-        except (ValueError, TypeError, KeyError):
-            return []  # RQ's path fails it with the reason
-        try:
-            extra = claim_compatible(self.connection, queue, job, plan, self.job_model, self.batch_max_images)
-        except RedisError:  # claimed jobs wait on RQ's intermediate queue, which RQ puts back
-            logger.exception("job %s: could not look for jobs to batch with; it runs alone", job.id)
-            return []
-        return [(job, plan), *extra] if extra else []
+        except Exception:
+            return None, []  # run_job fails it with the reason
+        return plan, claim_compatible(self.connection, queue, job, plan, self.job_model, self.batch_max_images)
 
-    def execute_batch(self, batch: list[tuple[Job, Plan]], queue: Queue) -> None:
+    def execute_batch(self, batch: list[tuple[Job, Plan]], leader_execution: Execution, queue: Queue) -> None:
         """RQ's perform/finalize steps for each job, around one sampling run for all of them."""
         jobs = [job for job, _ in batch]
-        executions = [self.prepare_execution(job) for job in jobs]
+        executions = [leader_execution, *(self.prepare_execution(job) for job in jobs[1:])]
         for job in jobs:
             self.prepare_job_execution(job, remove_from_intermediate_queue=True)
+            self.connection.delete(queue.intermediate_queue.get_first_seen_key(job.id))
             job.started_at = rq_now()
-        timeout = max(job.timeout or queue.DEFAULT_TIMEOUT for job in jobs)
+        timeouts = [job.timeout or queue.DEFAULT_TIMEOUT for job in jobs]
+        timeout = -1 if -1 in timeouts else max(timeouts)
         try:
             with (
                 self.death_penalty_class(timeout, JobTimeoutException, job_id=jobs[0].id),
-                job_context(job_id=",".join(job.id for job in jobs), model=jobs[0].meta.get("model")),
+                job_context(job_id=jobs[0].id, batch=[job.id for job in jobs], model=jobs[0].meta.get("model")),
             ):
                 outcomes = run_plans(batch)
-        except Exception:
+        except Exception as exc:
+            # A run can fail for its size alone (memory, the timeout of the largest job): each job gets a run
+            # of its own, and fails only for its own reason.
+            logger.warning("a run of %d jobs failed (%r); running them one by one", len(jobs), exc)
+            for item, execution in zip(batch, executions, strict=True):
+                self.run_alone(item, execution, queue)
+            return
+        except BaseException:  # a cold shutdown: every job is failed now, and retried if it has retries left
             exc_info = sys.exc_info()
             for job, execution in zip(jobs, executions, strict=True):
-                job.retries_left = 0  # the run failed for a reason a retry would meet again
                 self._finalize_failure(job, queue, execution, exc_info)
-        else:
-            for job, execution, outcome in zip(jobs, executions, outcomes, strict=True):
+            raise
+        for job, execution, outcome in zip(jobs, executions, outcomes, strict=True):
+            try:
                 self._finalize_success(job, queue, execution, outcome)
-        self.set_state(WorkerStatus.IDLE)
+            except Exception:  # the others are still finished
+                logger.exception("job %s: finished but could not be recorded", job.id)
+
+    def run_alone(self, item: tuple[Job, Plan], execution: Execution, queue: Queue) -> None:
+        """One job of a failed batch, in a run of its own, finalized as RQ would."""
+        job, _ = item
+        try:
+            with (
+                self.death_penalty_class(job.timeout or queue.DEFAULT_TIMEOUT, JobTimeoutException, job_id=job.id),
+                job_context(job_id=job.id, model=job.meta.get("model")),
+            ):
+                outcome = run_plans([item], new_attempt=False)[0]
+        except Exception:
+            job.retries_left = 0  # it failed on its own: a retry would meet the same reason
+            self._finalize_failure(job, queue, execution, sys.exc_info())
+        else:
+            self._finalize_success(job, queue, execution, outcome)
 
     def beat(self, job: Job) -> None:
         """Refresh this worker's, the job's and the started-registry entry's expiry."""
@@ -159,26 +184,38 @@ class ProgressReporter:
                 self.worker.beat(self.job)
                 self.worker.publish(self.job.id, speed)
 
+    def keep_alive(self) -> None:
+        """Heartbeats only: a canceled job whose batch still runs must not be taken for abandoned."""
+        now = time.monotonic()
+        if self.worker is not None and now - self.last >= self.interval:
+            self.last = now
+            self.worker.beat(self.job)
+
 
 class BatchProgress:
     """The sampler's callback for a run shared by several jobs: each job's reporter sees its own images.
 
-    A canceled job stops getting progress (its images are still computed, then dropped); when every job
-    of the run is canceled, the run stops.
+    A job canceled before the run starts gets no rows; one canceled during the run stops getting
+    progress (its images are still computed, then dropped) but keeps its heartbeat until the run ends.
+    When every job of the run is canceled, the run stops.
     """
 
-    def __init__(self, reporters: list[ProgressReporter], rows: list[slice]) -> None:
-        self.reporters, self.rows = reporters, rows
+    def __init__(self, reporters: list[ProgressReporter]) -> None:
+        self.reporters = reporters
+        self.rows: dict[int, slice] = {}  # job k's images in the run
         self.canceled: set[int] = set()
 
     def __call__(self, step: int, total: int, preview: torch.Tensor | None = None) -> None:
         for k, reporter in enumerate(self.reporters):
             if k in self.canceled:
+                reporter.keep_alive()
                 continue
             try:
-                reporter(step, total, None if preview is None else preview[self.rows[k]])
+                reporter(step, total, None if preview is None or k not in self.rows else preview[self.rows[k]])
             except JobCanceledError:
                 self.canceled.add(k)
+                reporter.job.meta["canceled"] = True  # the API says "canceled" now, not when the run ends
+                reporter.job.save_meta()
                 logger.info("job %s canceled at step %d", reporter.job.id, step)
         if len(self.canceled) == len(self.reporters):
             raise JobCanceledError(f"all {len(self.reporters)} jobs of the run canceled at step {step}")
@@ -218,37 +255,42 @@ def run_job(request: dict[str, Any]) -> dict:
             raise
 
 
-def run_plans(batch: list[tuple[Job, Plan]]) -> list[dict]:
+def run_plans(batch: list[tuple[Job, Plan]], new_attempt: bool = True) -> list[dict]:
     """One sampling run for the jobs of a batch: progress, cancellation, then each job's PNGs into Redis.
 
     Returns each job's JSON result, in order: `{"num_images", "seconds", "batch_size"}` or `{"canceled": True}`.
+    `new_attempt=False`: the jobs' attempt was already counted (a job of a failed batch, run again alone).
     """
     job_model: JobModel = _state["job_model"]
     worker: ModelWorker | None = _state.get("worker")
     jobs, plans = [job for job, _ in batch], [plan for _, plan in batch]
     for job in jobs:
-        job.meta["attempts"] = int(job.meta.get("attempts", 0)) + 1
+        if new_attempt:
+            job.meta["attempts"] = int(job.meta.get("attempts", 0)) + 1
         job.meta["batch_size"] = len(batch)  # jobs in this run (saved with the first progress)
         logger.info("job %s: attempt %d starts (a run of %d jobs)", job.id, job.meta["attempts"], len(batch))
-    progress = BatchProgress([ProgressReporter(job, worker) for job in jobs], slices(plans))
+    progress = BatchProgress([ProgressReporter(job, worker) for job in jobs])
     started = time.perf_counter()
     images: torch.Tensor | None = None
     try:
         progress(0, plans[0].steps)  # publishes the attempts, and honours cancels that came before the start
-        images = job_model.generate(combine(plans), progress)
+        active = [k for k in range(len(batch)) if k not in progress.canceled]
+        progress.rows = dict(zip(active, slices([plans[k] for k in active]), strict=True))
+        images = job_model.generate(combine([plans[k] for k in active]), progress)
     except JobCanceledError:
         pass  # every job of the run was canceled
     seconds = time.perf_counter() - started
     results = []
-    for k, (job, rows) in enumerate(zip(jobs, progress.rows, strict=True)):
+    for k, job in enumerate(jobs):
         if images is None or k in progress.canceled:
             job.meta["canceled"] = True
             job.save_meta()
             results.append({"canceled": True})
             continue
-        results.append(_store(job, images[rows], seconds, len(batch)))
+        mine = images[progress.rows[k]]
+        results.append(_store(job, mine, seconds, len(batch)))
         if worker is not None:
-            _state["status"]["images_generated"] = _state["status"].get("images_generated", 0) + len(images[rows])
+            _state["status"]["images_generated"] = _state["status"].get("images_generated", 0) + len(mine)
     if worker is not None:
         worker.publish(None)
     return results

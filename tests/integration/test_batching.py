@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import io
 import signal
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from PIL import Image
-from rq.job import Job
+from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
 from tests.integration.stack import Stack, wait_until
@@ -93,7 +94,9 @@ def test_ebm_jobs_batch_too_with_unchanged_images(stack: Stack) -> None:
 
 def test_canceling_one_job_of_a_batch_leaves_the_others_running(stack: Stack) -> None:
     blocker = hold_worker(stack)
-    jobs = [stack.submit("diffusion", **LONG, seed=k) for k in range(3)]
+    # 13 images x 1000 steps: the run outlasts the heartbeat TTL (5 s) after the cancel, so the canceled job must
+    # keep its heartbeat, or it would be taken for abandoned and run again.
+    jobs = [stack.submit("diffusion", steps=1000, num_images=n, seed=k) for k, n in enumerate((6, 1, 6))]
     release(stack, blocker)
     wait_until(lambda: all(stack.status(j["job_id"])["status"] == "started" for j in jobs), 60, "one batch of 3")
     victim = jobs[1]["job_id"]
@@ -102,11 +105,24 @@ def test_canceling_one_job_of_a_batch_leaves_the_others_running(stack: Stack) ->
 
     canceled = stack.wait_for(victim, ("canceled",), timeout=90)
     assert canceled["progress"]["step"] < 1000
+    # Canceled at once, while its batch runs on for the others; and not taken for abandoned (heartbeat TTL 5 s)
+    # meanwhile: RQ keeps it started (polls of the running jobs make the gateway look for abandoned jobs).
+    assert {stack.status(job["job_id"])["status"] for job in (jobs[0], jobs[2])} == {"started"}
+    deadline = time.monotonic() + 7
+    while time.monotonic() < deadline and stack.status(jobs[0]["job_id"])["status"] == "started":
+        status = Job.fetch(victim, connection=stack.redis, serializer=JSONSerializer).get_status()
+        assert status in (JobStatus.STARTED, JobStatus.FINISHED), status
+        time.sleep(0.2)
     for job in (jobs[0], jobs[2]):
-        finished = stack.wait_for(job["job_id"], timeout=120)
-        assert finished["progress"]["step"] == 1000 and len(finished["results"]["images"]) == 1
+        finished = stack.wait_for(job["job_id"], timeout=180)
+        assert finished["progress"]["step"] == 1000 and len(finished["results"]["images"]) == 6
         assert meta(stack, job["job_id"])["batch_size"] == 3
     assert stack.client.get(f"/jobs/{victim}/grid.png").status_code == 409
+    after = stack.status(victim)
+    assert after["status"] == "canceled" and after["attempts"] == 1  # never retried
+    assert meta(stack, victim)["canceled"] is True
+    # Not taken for abandoned while its batch ran: no retry used up (the gateway gives each job 2).
+    assert Job.fetch(victim, connection=stack.redis, serializer=JSONSerializer).retries_left == 2
 
 
 def test_a_batch_whose_worker_is_killed_is_retried_whole(stack: Stack) -> None:

@@ -16,7 +16,6 @@ from shared.diffusion.pipeline import SampleParams
 from shared.ebm.langevin import LangevinParams
 from shared.ebm.pipeline import EBMSampleParams
 from shared.service.batching import JobModel, Plan, batch_key, claim_compatible, combine, request_of, slices
-from tests.gateway.conftest import redis_url  # noqa: F401 - a real Redis server: the claim is a Lua script
 
 FUNC = "diffusion_worker.jobs.generate_images"
 
@@ -73,7 +72,7 @@ MODEL = JobModel(params_from_request, generate=lambda params, callback: torch.ze
 
 
 @pytest.fixture
-def queue(redis_url: str) -> Iterator[Queue]:  # noqa: F811
+def queue(redis_url: str) -> Iterator[Queue]:
     redis = Redis.from_url(redis_url)
     redis.flushdb()
     yield Queue("diffusion", connection=redis, serializer=JSONSerializer)
