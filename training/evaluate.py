@@ -52,6 +52,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="image i uses seed + i (default 0)")
     p.add_argument("--calibrate", action="store_true", help="add the real-subset, noise and untrained rows")
     p.add_argument("--untrained-of", choices=("diffusion", "ebm"), default=None, help="default: --model's")
+    p.add_argument(
+        "--untrained-steps",
+        type=int,
+        default=None,
+        help="steps of the untrained row (default --steps); a fresh UNet predicts eps = 0 (its output "
+        "layer starts at zero), so its DDIM images are the same for any step count",
+    )
     p.add_argument("--classifier", default=str(REPO_ROOT / "models" / "classifier"), help="feature network")
     p.add_argument("--reference-size", type=int, default=10_000, help="test images in the reference set")
     p.add_argument("--kid-subset-size", type=int, default=1000, help="KID subset size (capped at --n)")
@@ -85,10 +92,13 @@ def row_specs(args: argparse.Namespace) -> list[SourceSpec]:
     )
     names = [*CALIBRATION_ROWS, args.model] if args.calibrate else [args.model]
     names = list(dict.fromkeys(names))  # --model real --calibrate: one real row
-    return [
-        SourceSpec(model=name, weights=args.weights if name == args.model else None, **common)  # type: ignore[arg-type]
-        for name in names
-    ]
+    specs = []
+    for name in names:
+        spec = SourceSpec(model=name, weights=args.weights if name == args.model else None, **common)  # type: ignore[arg-type]
+        if name == "untrained" and args.untrained_steps:
+            spec = dataclasses.replace(spec, steps=args.untrained_steps)
+        specs.append(spec)
+    return specs
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
