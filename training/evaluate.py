@@ -1,0 +1,181 @@
+"""Evaluate a generative model in the CIFAR-10 classifier's feature space: FID, KID, class agreement.
+
+    python -m training.evaluate --model diffusion --n 1000 --sampler ddim --steps 100 --guidance-scale 3 --calibrate
+    python -m training.evaluate --model ebm --n 1000 --calibrate
+    python -m training.evaluate --model diffusion --inception-weights pt_inception-2015-12-05.pth   # + standard FID
+
+The reference set is the CIFAR-10 test split (all 10,000 images unless --reference-size). The
+feature space is the shipped classifier's (models/classifier); see training/metrics.py. With
+--calibrate the same script adds the rows that give every number its scale:
+    real       a seeded random subset of the train split, same N: the floor (sampling error alone)
+    noise      uniform noise: a ceiling
+    untrained  the model's architecture and sampler with random weights: the other ceiling
+Writes <out>/results.json (settings + rows) and <out>/grid-<row>.png (first 100 images; with
+--class-label all each column is one class), and prints a markdown table. Image i uses seed
+--seed + i, so every run scores the same images; samples are cached in --cache-dir.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from shared.classifier import load_classifier
+from shared.images import grid_image
+from training.common import REPO_ROOT, configure_logging
+from training.data import DEFAULT_CACHE_DIR, default_data_source, load_image_dataset
+from training.sources import MODELS, SourceSpec, load_samples
+
+logger = logging.getLogger(__name__)
+
+CALIBRATION_ROWS = ("real", "noise", "untrained")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", choices=MODELS, default="diffusion", help="what to evaluate")
+    p.add_argument("--weights", default=None, help="model directory (default models/<model>)")
+    p.add_argument("--n", type=int, default=1000, help="number of images per row (default 1000)")
+    p.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim", help="diffusion sampler")
+    p.add_argument("--steps", type=int, default=None, help="DDIM steps (default 100) or Langevin steps (card)")
+    p.add_argument("--guidance-scale", type=float, default=1.0, help="classifier-free guidance (diffusion)")
+    p.add_argument("--class-label", default="all", help="'all' (label i %% 10), a class name or index, or 'none'")
+    p.add_argument("--seed", type=int, default=0, help="image i uses seed + i (default 0)")
+    p.add_argument("--calibrate", action="store_true", help="add the real-subset, noise and untrained rows")
+    p.add_argument("--untrained-of", choices=("diffusion", "ebm"), default=None, help="default: --model's")
+    p.add_argument(
+        "--untrained-steps",
+        type=int,
+        default=None,
+        help="steps of the untrained row (default --steps); a fresh UNet predicts eps = 0 (its output "
+        "layer starts at zero), so its DDIM images are the same for any step count",
+    )
+    p.add_argument("--classifier", default=str(REPO_ROOT / "models" / "classifier"), help="feature network")
+    p.add_argument("--reference-size", type=int, default=10_000, help="test images in the reference set")
+    p.add_argument("--kid-subset-size", type=int, default=1000, help="KID subset size (capped at --n)")
+    p.add_argument("--inception-weights", default=None, help="local Inception-v3 weights: adds standard FID")
+    p.add_argument("--data", default=default_data_source(), help="CIFAR-10 source (see training/data.py)")
+    p.add_argument("--data-cache", default=str(DEFAULT_CACHE_DIR))
+    p.add_argument("--cache-dir", default=str(REPO_ROOT / "runs" / "eval-cache"), help="sample cache ('' off)")
+    p.add_argument("--batch-size", type=int, default=100, help="images sampled per batch")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--out", default=None, help="output directory (default runs/eval/<model>)")
+    p.add_argument("--sample-only", action="store_true", help="fill the sample cache, score nothing")
+    return p
+
+
+def row_specs(args: argparse.Namespace) -> list[SourceSpec]:
+    """The evaluated model's row, preceded by the calibration rows when asked for."""
+    untrained_of = args.untrained_of or (args.model if args.model in ("diffusion", "ebm") else "diffusion")
+    common = dict(
+        n=args.n,
+        seed=args.seed,
+        class_label=None if args.class_label == "none" else args.class_label,
+        sampler=args.sampler,
+        steps=args.steps,
+        guidance_scale=args.guidance_scale,
+        untrained_of=untrained_of,
+        data=args.data,
+        data_cache=args.data_cache,
+        batch_size=args.batch_size,
+        device=args.device,
+    )
+    names = [*CALIBRATION_ROWS, args.model] if args.calibrate else [args.model]
+    names = list(dict.fromkeys(names))  # --model real --calibrate: one real row
+    specs = []
+    for name in names:
+        spec = SourceSpec(model=name, weights=args.weights if name == args.model else None, **common)  # type: ignore[arg-type]
+        if name == "untrained" and args.untrained_steps:
+            spec = dataclasses.replace(spec, steps=args.untrained_steps)
+        specs.append(spec)
+    return specs
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| row | N | FID (classifier) | KID x1e3 (± std) | class agreement | sampling s |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        agreement = f"{r['class_agreement']:.3f}" if r.get("class_agreement") is not None else "-"
+        kid = f"{1e3 * r['kid_mean']:.2f} ± {1e3 * r['kid_std']:.2f}"
+        lines.append(f"| {r['row']} | {r['n']} | {r['fid']:.3f} | {kid} | {agreement} | {r['sampling_seconds']:.0f} |")
+    return "\n".join(lines)
+
+
+def evaluate(args: argparse.Namespace) -> dict[str, Any]:
+    from training.metrics import FeatureSpaceEvaluator  # torchmetrics: only needed here
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.sample_only:
+        for spec in row_specs(args):
+            samples = load_samples(spec, REPO_ROOT, args.cache_dir or None)
+            logger.info("%s: %d samples (%.0f s)", spec.model, samples.images.shape[0], samples.seconds)
+        return {}
+    out = Path(args.out or REPO_ROOT / "runs" / "eval" / args.model)
+    out.mkdir(parents=True, exist_ok=True)
+    classifier = load_classifier(args.classifier, device=args.device)
+    test = load_image_dataset(args.data, "test", cache_dir=args.data_cache)
+    reference = test.images[: args.reference_size]
+    start = time.monotonic()
+    evaluator = FeatureSpaceEvaluator(
+        classifier,
+        reference,
+        kid_subset_size=args.kid_subset_size,
+        seed=args.seed,
+        inception_weights=args.inception_weights,
+    )
+    logger.info("reference features of %d test images in %.1f s", reference.shape[0], time.monotonic() - start)
+    rows = []
+    for spec in row_specs(args):
+        samples = load_samples(spec, REPO_ROOT, args.cache_dir or None)
+        start = time.monotonic()
+        scores = evaluator.score(samples.images, samples.labels)
+        row = {
+            "row": spec.model,
+            **scores.to_dict(),
+            "sampling_seconds": round(samples.seconds, 1),
+            "scoring_seconds": round(time.monotonic() - start, 1),
+            "source": samples.info,
+        }
+        rows.append(row)
+        logger.info("%s: %s", spec.model, {k: v for k, v in row.items() if k != "source"})
+        grid_image(samples.images[:100], nrow=10).save(out / f"grid-{spec.model}.png")
+    result = {
+        "settings": {k: v for k, v in vars(args).items() if k not in ("data_cache", "cache_dir")},
+        "spec": dataclasses.asdict(row_specs(args)[-1]),
+        "feature_space": {
+            "classifier": args.classifier,
+            "classifier_sha256": classifier.card["sha256"],  # type: ignore[index]
+            "classifier_test_accuracy": classifier.card.get("training", {}).get("test_accuracy"),  # type: ignore[union-attr]
+            "dims": classifier.config.feature_dim,
+        },
+        "reference": f"CIFAR-10 test split, first {reference.shape[0]} images ({Path(args.data).name})",
+        "rows": rows,
+        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(markdown_table(rows))
+    logger.info("wrote %s", out / "results.json")
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    configure_logging()
+    evaluate(build_parser().parse_args(argv))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,201 @@
+"""Where evaluated images come from: a generative model, the train split, noise, or an untrained network.
+
+Every source returns uint8 images (N, 3, H, W), what a user would download, and the requested labels
+(None when unconditional). Image i always uses seed `seed + i` and label `labels[i]`, so a row is the
+same on every run and any image can be re-made alone.
+
+Samples are cached under `cache_dir` as safetensors keyed by everything that determines them
+(weights sha256, sampler settings, seeds, labels), so a later run, e.g. with a retrained classifier,
+scores the same images without sampling again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from tqdm import tqdm
+
+from shared.diffusion.pipeline import DiffusionPipeline, SampleParams
+from shared.diffusion.unet import UNet
+from shared.ebm.energy import EnergyNet
+from shared.ebm.pipeline import EBMPipeline, EBMSampleParams
+from shared.images import to_uint8
+from shared.seeding import make_generators, rand_per_sample, seeds_from
+from training.data import load_image_dataset
+
+logger = logging.getLogger(__name__)
+
+MODELS = ("diffusion", "ebm", "real", "noise", "untrained")
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """What to evaluate and how to sample it (the evaluate.py flags that shape the images)."""
+
+    model: str = "diffusion"
+    n: int = 1000
+    seed: int = 0
+    class_label: str | None = "all"  # "all": label i % num_classes; a name or index; None: unconditional
+    weights: str | None = None  # model directory; default models/<model>
+    sampler: str = "ddim"
+    steps: int | None = None  # DDIM steps (diffusion) or Langevin steps (EBM); None: the model's default
+    guidance_scale: float = 1.0
+    untrained_of: str = "diffusion"  # the architecture the 'untrained' row samples with random weights
+    data: str = ""
+    data_cache: str = ""
+    batch_size: int = 100
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if self.model not in MODELS:
+            raise ValueError(f"model must be one of {MODELS}, got {self.model!r}")
+        if self.untrained_of not in ("diffusion", "ebm"):
+            raise ValueError(f"untrained_of must be 'diffusion' or 'ebm', got {self.untrained_of!r}")
+        if self.n < 2:
+            raise ValueError(f"n must be >= 2, got {self.n}")
+
+
+@dataclass(frozen=True)
+class Samples:
+    images: torch.Tensor  # uint8 (N, 3, H, W)
+    labels: torch.Tensor | None  # int64 (N,) requested classes, or None
+    seconds: float  # sampling wall time (when first made)
+    info: dict[str, Any]  # what made them: weights sha256, sampler settings
+
+
+def requested_labels(class_label: str | None, n: int, num_classes: int | None, resolve: Callable) -> list[int | None]:
+    if class_label is None or num_classes is None:
+        return [None] * n
+    if class_label == "all":
+        return [k % num_classes for k in range(n)]
+    return [resolve(class_label)] * n
+
+
+def _in_batches(
+    n: int, batch_size: int, seed: int, desc: str, make: Callable[[tuple[int, ...], slice], torch.Tensor]
+) -> torch.Tensor:
+    seeds = seeds_from(seed, n)
+    out = []
+    for start in tqdm(range(0, n, batch_size), desc=desc, unit="batch", mininterval=10):
+        chunk = slice(start, min(n, start + batch_size))
+        out.append(to_uint8(make(seeds[chunk], chunk)))
+    return torch.cat(out)
+
+
+def _diffusion(spec: SourceSpec, pipeline: DiffusionPipeline) -> tuple[torch.Tensor, list, dict]:
+    labels = requested_labels(spec.class_label, spec.n, pipeline.config.num_classes, pipeline.resolve_label)
+    steps = spec.steps or (pipeline.diffusion.num_timesteps if spec.sampler == "ddpm" else 100)
+    params = dict(sampler=spec.sampler, steps=steps, guidance_scale=spec.guidance_scale)
+
+    def make(seeds: tuple[int, ...], chunk: slice) -> torch.Tensor:
+        return pipeline.sample(SampleParams(seeds=seeds, labels=tuple(labels[chunk]), **params))  # type: ignore[arg-type]
+
+    return _in_batches(spec.n, spec.batch_size, spec.seed, spec.model, make), labels, params
+
+
+def _ebm(spec: SourceSpec, pipeline: EBMPipeline) -> tuple[torch.Tensor, list, dict]:
+    labels = requested_labels(spec.class_label, spec.n, pipeline.config.num_classes, pipeline.resolve_label)
+    langevin = pipeline.default_langevin
+    if spec.steps:
+        langevin = dataclasses.replace(langevin, steps=spec.steps)
+
+    def make(seeds: tuple[int, ...], chunk: slice) -> torch.Tensor:
+        return pipeline.sample(EBMSampleParams(seeds=seeds, langevin=langevin, labels=tuple(labels[chunk])))
+
+    params = {"langevin": {**dataclasses.asdict(langevin), "clamp": list(langevin.clamp or ())}}
+    return _in_batches(spec.n, spec.batch_size, spec.seed, spec.model, make), labels, params
+
+
+def _untrained(spec: SourceSpec, directory: str) -> tuple[torch.Tensor, list, dict]:
+    """The trained model's architecture and sampler with freshly initialised weights (seeded)."""
+    torch.manual_seed(spec.seed)
+    if spec.untrained_of == "diffusion":
+        trained = DiffusionPipeline.from_pretrained(directory, device=spec.device)
+        unet = UNet(trained.config).to(trained.device)
+        images, labels, params = _diffusion(spec, DiffusionPipeline(unet, trained.diffusion))
+    else:
+        trained_ebm = EBMPipeline.from_pretrained(directory, device=spec.device)
+        net = EnergyNet(trained_ebm.config).to(trained_ebm.device)
+        images, labels, params = _ebm(spec, EBMPipeline(net, trained_ebm.card))
+    return images, labels, {**params, "init_seed": spec.seed, "architecture_of": directory}
+
+
+def _real(spec: SourceSpec) -> tuple[torch.Tensor, list, dict]:
+    """A fixed random subset of the train split (seeded), with its true labels."""
+    train = load_image_dataset(spec.data, "train", cache_dir=spec.data_cache)
+    index = torch.randperm(len(train), generator=torch.Generator().manual_seed(spec.seed))[: spec.n]
+    return train.images[index], train.labels[index].tolist(), {"split": "train", "subset_seed": spec.seed}
+
+
+def _noise(spec: SourceSpec, num_classes: int) -> tuple[torch.Tensor, list, dict]:
+    """Uniform noise in [-1, 1], one seeded generator per image; labels as requested (chance agreement)."""
+    x = rand_per_sample(make_generators(seeds_from(spec.seed, spec.n)), (3, 32, 32)) * 2 - 1
+    labels = requested_labels(spec.class_label, spec.n, num_classes, int)
+    return to_uint8(x), labels, {"distribution": "uniform[-1, 1]"}
+
+
+def default_weights(model: str, repo_root: Path) -> str:
+    return str(repo_root / "models" / model)
+
+
+def _weights_sha(directory: str) -> str:
+    from shared.weights import WEIGHTS_FILE, file_sha256
+
+    return file_sha256(Path(directory) / WEIGHTS_FILE)
+
+
+def make_samples(spec: SourceSpec, repo_root: Path, num_classes: int = 10) -> tuple[torch.Tensor, list, dict]:
+    """Images, requested labels and what made them, for any source."""
+    model = spec.untrained_of if spec.model == "untrained" else spec.model
+    directory = spec.weights or default_weights(model, repo_root)
+    if spec.model == "diffusion":
+        result = _diffusion(spec, DiffusionPipeline.from_pretrained(directory, device=spec.device))
+    elif spec.model == "ebm":
+        result = _ebm(spec, EBMPipeline.from_pretrained(directory, device=spec.device))
+    elif spec.model == "untrained":
+        result = _untrained(spec, directory)
+    elif spec.model == "real":
+        return _real(spec)
+    else:
+        return _noise(spec, num_classes)
+    images, labels, params = result
+    return images, labels, {**params, "weights": directory, "weights_sha256": _weights_sha(directory)}
+
+
+def cache_key(spec: SourceSpec, repo_root: Path) -> str:
+    fields = {k: v for k, v in dataclasses.asdict(spec).items() if k not in ("batch_size", "device", "data_cache")}
+    if spec.model in ("diffusion", "ebm", "untrained"):
+        model = spec.untrained_of if spec.model == "untrained" else spec.model
+        fields["sha256"] = _weights_sha(spec.weights or default_weights(model, repo_root))
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def load_samples(spec: SourceSpec, repo_root: Path, cache_dir: str | None) -> Samples:
+    """The source's samples, from the cache when the same spec (and weights) made them before."""
+    path = Path(cache_dir) / f"{spec.model}-{spec.n}-{cache_key(spec, repo_root)}.safetensors" if cache_dir else None
+    if path is not None and path.is_file():
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads(f.metadata()["info"])
+            labels = f.get_tensor("labels") if "labels" in f.keys() else None  # noqa: SIM118
+            logger.info("%s: %d cached samples from %s", spec.model, spec.n, path)
+            return Samples(f.get_tensor("images"), labels, meta["seconds"], meta["info"])
+    start = time.monotonic()
+    images, labels, info = make_samples(spec, repo_root)
+    seconds = time.monotonic() - start
+    label_tensor = None if labels[0] is None else torch.tensor(labels, dtype=torch.int64)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tensors = {"images": images.contiguous()} | ({"labels": label_tensor} if label_tensor is not None else {})
+        save_file(tensors, str(path), metadata={"info": json.dumps({"seconds": seconds, "info": info})})
+    return Samples(images, label_tensor, seconds, info)
