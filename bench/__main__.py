@@ -2,9 +2,9 @@
 
 Runs the benchmark suite of issue 8 and writes BENCHMARKS.md (plus raw JSON and the cost plot
 under --results). `make bench` runs the full suite (about 12-15 minutes on a quiet 2-core CPU),
-`make bench BENCH_ARGS=--quick` a short one (a few minutes) with fewer timed steps, no
-torch.compile and the tiny model for the batching run. `--tiny` (tests only) shrinks everything to
-a toy network so the plumbing runs in seconds.
+`make bench BENCH_ARGS=--quick` a short one (a few minutes) with fewer timed steps, a smaller cost
+grid and the tiny model for the batching run; `--no-compile` skips the torch.compile contender.
+`--tiny` (tests only) shrinks everything to a toy network so the plumbing runs in seconds.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ TINY_UNET = UNetConfig(
 )
 
 
-def configs(mode: str, device: str) -> dict[str, Any]:
+def configs(mode: str, device: str, compile: bool = True) -> dict[str, Any]:
     """The settings of each item for mode full, quick or tiny."""
     if mode == "tiny":
         return {
@@ -54,6 +54,8 @@ def configs(mode: str, device: str) -> dict[str, Any]:
                 batches=(1, 2),
                 ddim_steps=5,
                 ddpm_timed_steps={2: 10},
+                ddpm_rounds=2,
+                ddim_rounds={1: 2},
                 compile=False,
                 equivalence_seeds=2,
                 device=device,
@@ -66,8 +68,14 @@ def configs(mode: str, device: str) -> dict[str, Any]:
     cuda = device.startswith("cuda")
     return {
         "sampler": SamplerBenchConfig(
-            ddpm_timed_steps={1: 50, 16: 10} if quick else ({} if cuda else {16: 100}),
-            compile=not quick,
+            **(
+                dict(ddpm_timed_steps={1: 20, 16: 5}, ddpm_rounds=3, ddim_rounds={1: 2, 16: 1})
+                if quick
+                else dict(ddpm_timed_steps={}, ddpm_rounds=2, ddim_rounds={1: 3, 16: 3})
+                if cuda
+                else {}
+            ),
+            compile=compile,
             equivalence_ddpm=not quick,
             device=device,
             compile_mode="reduce-overhead" if cuda else None,
@@ -86,8 +94,8 @@ def _cost_in_fresh_process(cfg: CostBenchConfig) -> dict[str, Any]:
         return pool.apply(run_cost_bench, (cfg,))
 
 
-def run(items: Sequence[str], mode: str, device: str, results_dir: Path) -> dict[str, Any]:
-    cfg = configs(mode, device)
+def run(items: Sequence[str], mode: str, device: str, results_dir: Path, compile: bool = True) -> dict[str, Any]:
+    cfg = configs(mode, device, compile)
     have_diffusers = importlib.util.find_spec("diffusers") is not None
     out: dict[str, Any] = {"mode": mode, "device": device, "machine": report.machine_info(), "seconds": {}}
     out["have_diffusers"] = have_diffusers
@@ -110,7 +118,8 @@ def run(items: Sequence[str], mode: str, device: str, results_dir: Path) -> dict
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="fewer timed steps, no torch.compile: a few minutes")
+    p.add_argument("--quick", action="store_true", help="fewer timed steps and a smaller grid: a few minutes")
+    p.add_argument("--no-compile", action="store_true", help="skip the torch.compile contender (saves its compilation)")
     p.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # the tests' toy configuration
     p.add_argument("--only", default=",".join(ITEMS), help=f"comma-separated subset of {','.join(ITEMS)}")
     p.add_argument("--device", default="cpu", help="cpu or cuda (items sampler and batching)")
@@ -125,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     mode = "tiny" if args.tiny else "quick" if args.quick else "full"
     args.results.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    results = run(items, mode, args.device, args.results)
+    results = run(items, mode, args.device, args.results, compile=not args.no_compile)
     results["total_seconds"] = time.perf_counter() - start
     raw = args.results / f"{args.out.stem}.json"
     raw.write_text(json.dumps(results, indent=1, default=str))
