@@ -94,32 +94,43 @@ def _cost_in_fresh_process(cfg: CostBenchConfig) -> dict[str, Any]:
         return pool.apply(run_cost_bench, (cfg,))
 
 
-def run(items: Sequence[str], mode: str, device: str, results_dir: Path, compile: bool = True) -> dict[str, Any]:
+def run(
+    items: Sequence[str], mode: str, device: str, out: Path, results_dir: Path, compile: bool, merge: bool
+) -> dict[str, Any]:
+    """Run the items, rewriting the report after each one, so a run cut short keeps what it measured."""
     cfg = configs(mode, device, compile)
-    have_diffusers = importlib.util.find_spec("diffusers") is not None
-    out: dict[str, Any] = {"mode": mode, "device": device, "machine": report.machine_info(), "seconds": {}}
-    out["have_diffusers"] = have_diffusers
+    raw = results_dir / f"{out.stem}.json"
+    results: dict[str, Any] = json.loads(raw.read_text()) if merge and raw.exists() else {}
+    results.update(mode=mode, device=device, machine=report.machine_info())
+    results["have_diffusers"] = importlib.util.find_spec("diffusers") is not None
+    results.setdefault("seconds", {})
+    start = time.perf_counter()
     for item in items:
-        start = time.perf_counter()
+        item_start = time.perf_counter()
         logger.info("running %s (%s)", item, mode)
         if item == "sampler":
-            out[item] = run_sampler_bench(cfg[item], have_diffusers)
+            results[item] = run_sampler_bench(cfg[item], results["have_diffusers"])
         elif item == "batching":
-            out[item] = run_batching_bench(cfg[item])
+            results[item] = run_batching_bench(cfg[item])
         elif item == "gateway":
-            out[item] = run_gateway_bench(cfg[item])
+            results[item] = run_gateway_bench(cfg[item])
         elif item == "cost":
-            out[item] = _cost_in_fresh_process(cfg[item])
-            out[item]["plot"] = str(plot(out[item]["rows"], results_dir / "cost.png"))
-        out["seconds"][item] = time.perf_counter() - start
-    out["load_average_end"] = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    return out
+            results[item] = _cost_in_fresh_process(cfg[item])
+            results[item]["plot"] = str(plot(results[item]["rows"], results_dir / "cost.png"))
+        results["seconds"][item] = time.perf_counter() - item_start
+        results["total_seconds"] = sum(results["seconds"].values()) if merge else time.perf_counter() - start
+        results["load_average_end"] = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+        raw.write_text(json.dumps(results, indent=1, default=str))
+        out.write_text(report.render(results, out.parent))
+        logger.info("wrote %s and %s (%s done)", out, raw, item)
+    return results
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="fewer timed steps and a smaller grid: a few minutes")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile contender (saves its compilation)")
+    p.add_argument("--merge", action="store_true", help="keep the items of the last run's JSON that this run skips")
     p.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # the tests' toy configuration
     p.add_argument("--only", default=",".join(ITEMS), help=f"comma-separated subset of {','.join(ITEMS)}")
     p.add_argument("--device", default="cpu", help="cpu or cuda (items sampler and batching)")
@@ -133,13 +144,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     mode = "tiny" if args.tiny else "quick" if args.quick else "full"
     args.results.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-    results = run(items, mode, args.device, args.results, compile=not args.no_compile)
-    results["total_seconds"] = time.perf_counter() - start
-    raw = args.results / f"{args.out.stem}.json"
-    raw.write_text(json.dumps(results, indent=1, default=str))
-    args.out.write_text(report.render(results, args.out.parent))
-    logger.info("wrote %s and %s in %.0f s", args.out, raw, results["total_seconds"])
+    results = run(items, mode, args.device, args.out, args.results, not args.no_compile, args.merge)
+    logger.info("done in %.0f s", results.get("total_seconds", 0.0))
     return 0
 
 
