@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 EXTRAS ?= all
 STAMP := $(VENV)/.installed-$(EXTRAS)
 
-.PHONY: install up test lint sample train train-ebm clean
+.PHONY: install up test lint sample train train-ebm bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -48,6 +48,12 @@ train: $(STAMP)
 EBM_TRAIN_ARGS ?= --epochs 30 --batch-size 64
 train-ebm: $(STAMP)
 	$(PY) -m training.train_ebm $(EBM_TRAIN_ARGS)
+
+## bench: the benchmark suite -> BENCHMARKS.md (+ bench/results/); `make bench BENCH_ARGS=--quick` for a short run
+BENCH_ARGS ?=
+bench:
+	$(MAKE) install EXTRAS=bench
+	$(PY) -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -286,3 +286,35 @@ def test_params_are_frozen() -> None:
     p = SampleParams(seeds=(0,))
     with pytest.raises(AttributeError):
         p.steps = 5  # type: ignore[misc]
+
+
+# ------------------------------------------------------------------------------------- fast paths
+def test_channels_last_gives_the_reference_images(tiny_unet: UNet) -> None:
+    """The service's layout (channels_last) against plain NCHW: the same uint8 images."""
+    import copy
+
+    from shared.images import to_uint8
+
+    diffusion = GaussianDiffusion(DiffusionConfig(num_timesteps=100))
+    reference = DiffusionPipeline(copy.deepcopy(tiny_unet), diffusion, channels_last=False)
+    fast = DiffusionPipeline(copy.deepcopy(tiny_unet), diffusion)
+    for params in (ddim(seeds=(0, 1, 2), steps=8), SampleParams(seeds=(3,), sampler="ddpm", steps=100)):
+        ref, out = reference.sample(params), fast.sample(params)
+        assert torch.allclose(ref, out, atol=1e-4)
+        assert torch.equal(to_uint8(ref), to_uint8(out))
+
+
+@pytest.mark.slow
+def test_compiled_pipeline_gives_the_reference_images(tiny_unet: UNet) -> None:
+    import copy
+
+    from shared.images import to_uint8
+
+    diffusion = GaussianDiffusion(DiffusionConfig(num_timesteps=100))
+    reference = DiffusionPipeline(copy.deepcopy(tiny_unet), diffusion, channels_last=False)
+    compiled = DiffusionPipeline(copy.deepcopy(tiny_unet), diffusion, compile=True)
+    assert compiled.compiled and compiled.forward is not compiled.unet
+    params = ddim(seeds=(0, 1), steps=6)
+    ref, out = reference.sample(params), compiled.sample(params)
+    assert torch.allclose(ref, out, atol=1e-3)
+    assert (to_uint8(ref).int() - to_uint8(out).int()).abs().max() <= 1

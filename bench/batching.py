@@ -1,0 +1,83 @@
+"""Item 2 (HOOK, finished by the integrator): queued one-image jobs batched into one sampling run.
+
+`measure_batching` starts a live stack (Redis, gateway, one diffusion worker) whose worker gets
+`GENSERVICE_BATCH_MAX_IMAGES=<n>` in its environment, submits `jobs` one-image jobs at once through
+the gateway, waits for all of them and reports the wall time from the first submit to the last
+finish, and each job's latency (enqueue to end, from the job's own timestamps). The suite runs it
+with n = 1 (one job at a time) and n = 16 (batched).
+
+TODO(integrator, issue 8 item 2): set BATCHING_WIRED = True once shared/service/worker.py reads
+GENSERVICE_BATCH_MAX_IMAGES; until then both runs measure the same unbatched worker and the report
+says so.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tests.integration.stack import Stack, wait_until
+
+logger = logging.getLogger(__name__)
+
+BATCHING_WIRED = True
+BATCH_ENV = "GENSERVICE_BATCH_MAX_IMAGES"
+
+
+@dataclass(frozen=True)
+class BatchingBenchConfig:
+    jobs: int = 16
+    steps: int = 50  # DDIM steps per job
+    batch_max_images: tuple[int, ...] = (1, 16)
+    weights: Path | None = None  # None: the integration tests' tiny model (plumbing only)
+    timeout: float = 600.0
+
+
+def _when(stamp: str | None) -> dt.datetime | None:
+    return dt.datetime.fromisoformat(stamp) if stamp else None
+
+
+def measure_batching(cfg: BatchingBenchConfig, batch_max_images: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="bench-batching-") as tmp:
+        stack = Stack(Path(tmp))
+        stack.env[BATCH_ENV] = str(batch_max_images)
+        stack.env["OMP_NUM_THREADS"] = str(os.cpu_count() or 1)  # the stack's tests pin 1 thread; a worker would not
+        if cfg.weights is not None:
+            stack.env["GENSERVICE_DIFFUSION_WEIGHTS"] = str(cfg.weights)
+        stack.start()
+        try:
+            start = time.perf_counter()
+            ids = [stack.submit("diffusion", num_images=1, steps=cfg.steps, seed=k)["job_id"] for k in range(cfg.jobs)]
+            final = ("finished", "failed", "canceled")
+            wait_until(lambda: all(stack.status(i)["status"] in final for i in ids), cfg.timeout, "all jobs", 0.2)
+            wall = time.perf_counter() - start
+            statuses = [stack.status(i) for i in ids]
+        finally:
+            stack.close()
+    latencies = []
+    for s in statuses:
+        enqueued, ended = _when(s.get("enqueued_at")), _when(s.get("ended_at"))
+        if enqueued and ended:
+            latencies.append((ended - enqueued).total_seconds())
+    return {
+        BATCH_ENV: batch_max_images,
+        "jobs": cfg.jobs,
+        "steps per job": cfg.steps,
+        "finished": sum(s["status"] == "finished" for s in statuses),
+        "wall s": wall,
+        "images/s": cfg.jobs / wall,
+        "median job latency s": statistics.median(latencies) if latencies else None,
+        "max job latency s": max(latencies) if latencies else None,
+    }
+
+
+def run_batching_bench(cfg: BatchingBenchConfig) -> dict[str, Any]:
+    rows = [measure_batching(cfg, n) for n in cfg.batch_max_images]
+    return {"rows": rows, "wired": BATCHING_WIRED}

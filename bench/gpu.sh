@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Items 1 and 2 of the benchmark suite on CUDA, for a short GPU window (well under 8 minutes on an H200).
+# Usage (repository root, torch with CUDA in .venv or $PYTHON): bash bench/gpu.sh
+# Writes BENCHMARKS-gpu.md beside BENCHMARKS.md and the raw JSON under bench/results/;
+# BENCHMARKS.md (the CPU run) is left as it is, so the GPU's numbers sit beside the CPU's.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-.venv/bin/python}
+"$PYTHON" - <<'PY'
+import torch
+assert torch.cuda.is_available(), "no CUDA device: run bench/gpu.sh on a GPU machine"
+print("GPU:", torch.cuda.get_device_name(0), "torch", torch.__version__)
+PY
+"$PYTHON" -c "import diffusers" 2>/dev/null || "$PYTHON" -m pip install --quiet "diffusers>=0.30" \
+    || echo "diffusers unavailable: item 1 runs without its baseline"
+# Full step counts on the GPU (no extrapolation), torch.compile with CUDA graphs (reduce-overhead);
+# batching (item 2) with the shipped weights and GENSERVICE_DEVICE=cuda for the worker.
+export GENSERVICE_DEVICE=cuda
+timeout 470 "$PYTHON" -m bench --device cuda --only sampler,batching --out BENCHMARKS-gpu.md

@@ -1,0 +1,75 @@
+"""The benchmark suite's plumbing in a toy configuration: it runs and writes its report. No timing assertions."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench import report
+from bench.__main__ import main
+from bench.sampler import compare, seeded_unet
+from shared.diffusion.unet import UNetConfig
+from shared.weights import count_parameters
+
+HAVE_DIFFUSERS = importlib.util.find_spec("diffusers") is not None
+
+
+@pytest.mark.slow
+def test_tiny_suite_writes_every_table(tmp_path: Path) -> None:
+    out, results = tmp_path / "BENCHMARKS.md", tmp_path / "results"
+    assert main(["--tiny", "--only", "sampler,gateway,cost", "--out", str(out), "--results", str(results)]) == 0
+    text = out.read_text()
+    for heading in ("## Machine", "## 1. Sampler", "### Same images", "## 3. Gateway under load", "## 4. Cost"):
+        assert heading in text
+    assert "## 2. Batching" not in text  # not asked for
+    assert "| torch |" in text and "| CPU |" in text
+    raw = json.loads((results / "BENCHMARKS.json").read_text())
+    pipelines = {row["pipeline"] for row in raw["sampler"]["rows"]}
+    assert any(p.startswith("ours") for p in pipelines)
+    assert any(p.startswith("diffusers") for p in pipelines) == HAVE_DIFFUSERS
+    assert {row["sampler"] for row in raw["sampler"]["rows"]} == {"DDPM 100 steps", "DDIM 5 steps"}
+    assert all(row["identical uint8 values"] == 1.0 for row in raw["sampler"]["equivalence"])
+    gateway = {row["operation"]: row for row in raw["gateway"]["rows"]}
+    assert gateway["POST /generate/diffusion"]["statuses"].startswith("202:")
+    assert gateway["GET /jobs/{id}"]["statuses"].startswith("200:")
+    assert len(raw["gateway"]["verdicts"]) == 2
+    assert {(r["batch"], r["steps"]) for r in raw["cost"]["rows"]} == {(1, 2), (1, 4), (2, 2), (2, 4)}
+    assert (results / "cost.png").stat().st_size > 1000
+    assert "](results/cost.png)" in text
+
+
+def test_batching_section_says_when_batching_is_not_wired() -> None:
+    row: dict[str, Any] = {"GENSERVICE_BATCH_MAX_IMAGES": 1, "jobs": 16, "wall s": 3.0}
+    text = "\n".join(report._batching_section({"rows": [row], "wired": False}))
+    assert "Not wired yet" in text and "| GENSERVICE_BATCH_MAX_IMAGES |" in text
+    assert "Not wired yet" not in "\n".join(report._batching_section({"rows": [row], "wired": True}))
+
+
+def test_unknown_item_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["--only", "sampler,nope"])
+    assert "nope" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not HAVE_DIFFUSERS, reason="diffusers is a benchmark-only dependency (pip install -e '.[bench]')")
+def test_diffusers_baseline_has_our_size() -> None:
+    from bench.sampler import diffusers_unet
+
+    config = UNetConfig(num_classes=None)
+    theirs = sum(p.numel() for p in diffusers_unet(config).parameters())
+    assert theirs == count_parameters(seeded_unet(config))
+
+
+def test_compare_counts_identical_pixels() -> None:
+    import torch
+
+    a = torch.zeros(1, 3, 2, 2)
+    b = a.clone()
+    b[0, 0, 0, 0] = 0.5
+    result = compare(a, b)
+    assert result["max abs diff in [-1, 1]"] == 0.5
+    assert result["identical uint8 values"] == pytest.approx(11 / 12)
