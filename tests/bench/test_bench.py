@@ -11,6 +11,7 @@ import pytest
 
 from bench import report
 from bench.__main__ import main
+from bench.batching import BatchingBenchConfig, measure_batching
 from bench.sampler import compare, seeded_unet
 from shared.diffusion.unet import UNetConfig
 from shared.weights import count_parameters
@@ -42,11 +43,23 @@ def test_tiny_suite_writes_every_table(tmp_path: Path) -> None:
     assert "](results/cost.png)" in text
 
 
-def test_batching_section_says_when_batching_is_not_wired() -> None:
-    row: dict[str, Any] = {"GENSERVICE_BATCH_MAX_IMAGES": 1, "jobs": 16, "wall s": 3.0}
-    text = "\n".join(report._batching_section({"rows": [row], "wired": False}))
-    assert "Not wired yet" in text and "| GENSERVICE_BATCH_MAX_IMAGES |" in text
-    assert "Not wired yet" not in "\n".join(report._batching_section({"rows": [row], "wired": True}))
+def test_batching_section_tabulates_both_settings() -> None:
+    rows: list[dict[str, Any]] = [
+        {"GENSERVICE_BATCH_MAX_IMAGES": n, "jobs": 16, "wall s": wall} for n, wall in ((1, 30.0), (16, 18.0))
+    ]
+    text = "\n".join(report._batching_section({"rows": rows}))
+    assert "| GENSERVICE_BATCH_MAX_IMAGES |" in text and "byte-identical" in text
+    assert text.count("| 16 |") >= 1 and "30" in text and "18" in text
+
+
+@pytest.mark.slow
+def test_batching_measurement_runs_queued_jobs_together_only_when_allowed() -> None:
+    cfg = BatchingBenchConfig(jobs=5, steps=20)
+    alone, batched = (measure_batching(cfg, n) for n in (1, 16))
+    assert alone["finished"] == batched["finished"] == 5
+    assert alone["largest run (jobs)"] == 1
+    assert batched["largest run (jobs)"] > 1  # the jobs queued behind the first shared a run
+    assert batched["median job latency s"] is not None and batched["wall s"] > 0
 
 
 def test_unknown_item_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
