@@ -18,6 +18,13 @@ class GatewaySettings(QueueSettings):
     text_service_timeout: float = Field(30.0, gt=0, description="seconds to wait for the text service")
     host: str = "0.0.0.0"
     port: int = Field(8000, ge=1, le=65535)
+    workers: int = Field(
+        1,
+        ge=1,
+        description="uvicorn worker processes (one Python process answers ~1 core of requests); "
+        "HTTP metrics at /metrics are then per process",
+    )
+    access_log: bool = Field(True, description="one JSON log line per request (costs ~8% of a request's CPU)")
     # limits and backpressure
     max_queue_depth: int = Field(200, ge=1, description="queued jobs per model before new ones get 429")
     max_compute: int = Field(
