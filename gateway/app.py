@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import httpx
+from anyio import to_thread
 from fastapi import FastAPI, Request, status
 from fastapi.responses import JSONResponse
 from redis import Redis
@@ -31,6 +32,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         app.state.text_client = httpx.AsyncClient(
             base_url=settings.text_service_url, timeout=settings.text_service_timeout
         )
+        to_thread.current_default_thread_limiter().total_tokens = settings.threads
         yield
         await app.state.text_client.aclose()
         app.state.redis.close()
