@@ -30,7 +30,7 @@ class GatewaySettings(QueueSettings):
         description="threads per process for the sync routes (Redis calls); few threads contend less for "
         "the GIL: lower tail latency and more requests a second than anyio's 40",
     )
-    access_log: bool = Field(True, description="one JSON log line per request (costs ~8% of a request's CPU)")
+    access_log: bool = Field(True, description="one JSON log line per request (about a fifth of the CPU of a job poll)")
     # limits and backpressure
     max_queue_depth: int = Field(200, ge=1, description="queued jobs per model before new ones get 429")
     max_compute: int = Field(
