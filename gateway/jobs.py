@@ -9,9 +9,11 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from redis import Redis
+from redis.client import Pipeline
 from rq import Queue, Retry, Worker, worker_registration
 from rq.exceptions import NoSuchJobError
 from rq.job import Job
@@ -41,6 +43,20 @@ _STATES: dict[RQStatus, JobState] = {
 
 REAP_INTERVAL = 1.0  # seconds between reaps of one queue by one gateway process (see JobStore._reap_due)
 _last_reap: dict[tuple[int, str], float] = {}
+
+
+@dataclass(frozen=True)
+class Lookups:
+    """What `describe` reads besides the job hash, in the same pipeline."""
+
+    canceled: bool
+    positions: dict[str, int | None]  # model -> the job's index in that model's queue
+    previews: list[tuple[int, int]]
+
+    @classmethod
+    def parse(cls, replies: list[Any]) -> Lookups:
+        canceled, *positions, previews = replies
+        return cls(bool(canceled), dict(zip(keys.QUEUES, positions, strict=True)), parse_previews(previews))
 
 
 class JobConflictError(Exception):
@@ -133,20 +149,42 @@ class JobStore:
             pipe.zrem(self.queue(job.meta.get("model", "diffusion")).canceled_job_registry.key, job.id)
             pipe.execute()
 
-    def describe(self, job: Job, base_url: str) -> JobStatus:
-        """`job` as just fetched. The cancel flag, the queue position and the previews come in one pipeline."""
+    def _ask_lookups(self, pipe: Pipeline, job_id: str) -> None:
+        pipe.exists(keys.cancel_flag(job_id))
+        for model in keys.QUEUES:  # LPOS in every queue: they are short (GENSERVICE_MAX_QUEUE_DEPTH)
+            pipe.lpos(self.queue(model).key, job_id)
+        pipe.hgetall(keys.preview_steps(job_id))
+
+    def lookups(self, job_id: str) -> Lookups:
+        with self.redis.pipeline(transaction=False) as pipe:
+            self._ask_lookups(pipe, job_id)
+            return Lookups.parse(pipe.execute())
+
+    def fetch_with_lookups(self, job_id: str) -> tuple[Job, Lookups] | None:
+        """The job and what `describe` reads besides it, in one round trip; None for no such job."""
+        try:
+            uuid.UUID(job_id)
+        except ValueError:
+            return None
+        job = Job(job_id, connection=self.redis, serializer=JSONSerializer)  # as RQ's Job.fetch_many builds them
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(job.key)
+            self._ask_lookups(pipe, job_id)
+            raw, *replies = pipe.execute()
+        if not raw:
+            return None
+        job.restore(raw)
+        return job, Lookups.parse(replies)
+
+    def describe(self, job: Job, base_url: str, lookups: Lookups | None = None) -> JobStatus:
+        """`job` as just fetched; `lookups` read with it (`fetch_with_lookups`), or here."""
+        fetched = job.get_status(refresh=False)
         status = self._status(job)
+        if lookups is None or status != fetched:  # a reap requeued (or failed) it meanwhile
+            lookups = self.lookups(job.id)
         model = job.meta.get("model", "unknown")
         request = job.kwargs.get("request", {})
-        waiting = status in (RQStatus.QUEUED, RQStatus.SCHEDULED, RQStatus.DEFERRED, RQStatus.CREATED)
-        with self.redis.pipeline(transaction=False) as pipe:
-            pipe.exists(keys.cancel_flag(job.id))
-            if waiting and model in keys.QUEUES:
-                pipe.lpos(self.queue(model).key, job.id)
-            if request.get("previews"):
-                pipe.hgetall(keys.preview_steps(job.id))
-            replies = pipe.execute()
-        canceled, position = bool(replies[0]), replies[1] if waiting and model in keys.QUEUES else None
+        canceled, position = lookups.canceled, lookups.positions.get(model)
         state = self._resolve(job, status, canceled)
         progress = job.meta.get("progress")
         results = None
@@ -158,7 +196,7 @@ class JobStore:
             )
         previews = [
             Preview(index=k, step=step, url=f"{base_url}jobs/{job.id}/previews/{k}.png")
-            for k, step in (parse_previews(replies[-1]) if request.get("previews") else [])
+            for k, step in (lookups.previews if request.get("previews") else [])
         ]
         return JobStatus(
             job_id=job.id,
