@@ -8,8 +8,8 @@ python -m bench.loadgen redis-get  --redis ... --ids ids.txt
 HTTP modes: `concurrency` keep-alive HTTP/1.1 connections on raw asyncio streams, each sending its
 next request when the previous answer is in (a closed loop; no HTTP library, so the generator costs
 little CPU). Redis modes: the same operations the gateway performs (`JobStore.submit`, and
-`JobStore.fetch` + `describe`), called directly from one thread: the ceiling those Redis round trips
-allow one Python process without HTTP, FastAPI or pydantic in the way.
+`JobStore.fetch_with_lookups` + `describe`), called directly from one thread: the ceiling those Redis
+round trips allow one Python process without HTTP, FastAPI or pydantic in the way.
 """
 
 from __future__ import annotations
@@ -113,9 +113,9 @@ def run_redis(mode: str, redis_url: str, seconds: float, ids: list[str]) -> dict
             if len(new_ids) < 1000:
                 new_ids.append(job.id)
         else:
-            job = store.fetch(ids[i % len(ids)])
-            assert job is not None
-            store.describe(job, "http://bench/")
+            found = store.fetch_with_lookups(ids[i % len(ids)])  # as GET /jobs/{id} fetches
+            assert found is not None
+            store.describe(found[0], "http://bench/", found[1])
         latencies.append(time.perf_counter() - t0)
         statuses["ok"] += 1
         i += 1

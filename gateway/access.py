@@ -32,8 +32,9 @@ def presented_key(request: Request) -> str | None:
     return request.headers.get("x-api-key")
 
 
-def caller(request: Request, settings: SettingsDep) -> str | None:
-    """The caller's key id, None when the API is open; 401 for a missing or unknown key."""
+async def caller(request: Request, settings: SettingsDep) -> str | None:
+    """The caller's key id, None when the API is open; 401 for a missing or unknown key (async: no I/O, so no
+    threadpool handoff)."""
     if not settings.api_keys:
         return None
     key = presented_key(request)

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import httpx
-from fastapi import FastAPI, Request, Response, status
+from anyio import to_thread
+from fastapi import FastAPI, Request, status
 from fastapi.responses import JSONResponse
 from redis import Redis
 from redis.exceptions import RedisError
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 
 from gateway.metrics import setup_metrics
+from gateway.middleware import BodyLimitMiddleware
 from gateway.routes import generate, jobs, legacy, system, ui
 from gateway.settings import GatewaySettings, get_settings
 from shared.service.http import install_validation_handler
@@ -30,6 +32,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         app.state.text_client = httpx.AsyncClient(
             base_url=settings.text_service_url, timeout=settings.text_service_timeout
         )
+        to_thread.current_default_thread_limiter().total_tokens = settings.threads
         yield
         await app.state.text_client.aclose()
         app.state.redis.close()
@@ -40,23 +43,13 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         description="CIFAR-10 image generation with a DDPM diffusion model and an energy-based model, as jobs.",
         lifespan=lifespan,
     )
-    app.dependency_overrides[get_settings] = lambda: settings
+    app.state.settings = settings
     for module in (generate, jobs, system, legacy):
         app.include_router(module.router)
     ui.mount(app)
     setup_metrics(app)
 
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        length = request.headers.get("content-length")
-        too_big = length is not None and length.isdigit() and int(length) > settings.max_body_bytes
-        if length is None and request.method in ("POST", "PUT", "PATCH"):
-            too_big = len(await request.body()) > settings.max_body_bytes  # chunked: count what came
-        if too_big:
-            return JSONResponse(
-                {"detail": f"request body over {settings.max_body_bytes} bytes"}, status.HTTP_413_CONTENT_TOO_LARGE
-            )
-        return await call_next(request)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)  # outermost: before the metrics
 
     install_validation_handler(app)
 

@@ -7,10 +7,13 @@ Jobs name their function by import path ("diffusion_worker.jobs.generate_images"
 from __future__ import annotations
 
 import json
+import time
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from redis import Redis
+from redis.client import Pipeline
 from rq import Queue, Retry, Worker, worker_registration
 from rq.exceptions import NoSuchJobError
 from rq.job import Job
@@ -19,7 +22,7 @@ from rq.serializers import JSONSerializer
 
 from gateway.schemas import JobResults, JobState, JobStatus, Preview, Progress, QueueInfo
 from shared.service import keys
-from shared.service.results import list_previews
+from shared.service.results import parse_previews
 from shared.service.settings import QueueSettings
 
 JOB_FUNCTIONS = {
@@ -37,6 +40,23 @@ _STATES: dict[RQStatus, JobState] = {
     RQStatus.STOPPED: "canceled",
     RQStatus.CANCELED: "canceled",
 }
+
+REAP_INTERVAL = 1.0  # seconds between reaps of one queue by one gateway process (see JobStore._reap_due)
+_last_reap: dict[tuple[int, str], float] = {}
+
+
+@dataclass(frozen=True)
+class Lookups:
+    """What `describe` reads besides the job hash, in the same pipeline."""
+
+    canceled: bool
+    positions: dict[str, int | None]  # model -> the job's index in that model's queue
+    previews: list[tuple[int, int]]
+
+    @classmethod
+    def parse(cls, replies: list[Any]) -> Lookups:
+        canceled, *positions, previews = replies
+        return cls(bool(canceled), dict(zip(keys.QUEUES, positions, strict=True)), parse_previews(previews))
 
 
 class JobConflictError(Exception):
@@ -79,18 +99,40 @@ class JobStore:
             finally:
                 queue.release_maintenance_lock()
 
+    def _reap_due(self, queue: Queue) -> bool:
+        """At most one reap per queue, Redis and process every REAP_INTERVAL seconds: a GET of a running
+        job would otherwise take RQ's lock and scan the registry each time, while a dead worker's job is
+        found only once its heartbeat key expires anyway (at most REAP_INTERVAL later here)."""
+        slot, now = (id(self.redis), queue.key), time.monotonic()
+        if now - _last_reap.get(slot, -REAP_INTERVAL) < REAP_INTERVAL:
+            return False
+        _last_reap[slot] = now
+        return True
+
     def canceled(self, job: Job) -> bool:
         return bool(self.redis.exists(keys.cancel_flag(job.id)))
 
     def state(self, job: Job) -> JobState:
-        status = job.get_status(refresh=True)
+        """The job's state; `job` as just fetched (its status is not read again unless a reap ran)."""
+        status = self._status(job)
+        return self._resolve(job, status, self.canceled(job))
+
+    def _status(self, job: Job) -> RQStatus | None:
+        status = job.get_status(refresh=False)
         model = job.meta.get("model")
         if status == RQStatus.STARTED and model in keys.QUEUES:
-            self.reap(self.queue(model))  # a dead worker's job is found here at the latest
-            status = job.get_status(refresh=True)
-        if self.canceled(job):
+            queue = self.queue(model)
+            if self._reap_due(queue):
+                self.reap(queue)  # a dead worker's job is found here at the latest
+                job.refresh()  # a reaped job is requeued (or failed) with new fields
+                status = job.get_status(refresh=False)
+        return status
+
+    def _resolve(self, job: Job, status: RQStatus | None, canceled: bool) -> JobState:
+        if canceled:
             if status in (RQStatus.QUEUED, RQStatus.SCHEDULED, RQStatus.DEFERRED):
                 self._cancel_queued(job)  # requeued after its worker died: it must not run
+                job.refresh()
                 return "canceled"
             if status == RQStatus.FAILED:
                 return "canceled"  # its worker died after the cancel request
@@ -107,11 +149,43 @@ class JobStore:
             pipe.zrem(self.queue(job.meta.get("model", "diffusion")).canceled_job_registry.key, job.id)
             pipe.execute()
 
-    def describe(self, job: Job, base_url: str) -> JobStatus:
-        state = self.state(job)
-        job.refresh()
+    def _ask_lookups(self, pipe: Pipeline, job_id: str) -> None:
+        pipe.exists(keys.cancel_flag(job_id))
+        for model in keys.QUEUES:  # LPOS in every queue: they are short (GENSERVICE_MAX_QUEUE_DEPTH)
+            pipe.lpos(self.queue(model).key, job_id)
+        pipe.hgetall(keys.preview_steps(job_id))
+
+    def lookups(self, job_id: str) -> Lookups:
+        with self.redis.pipeline(transaction=False) as pipe:
+            self._ask_lookups(pipe, job_id)
+            return Lookups.parse(pipe.execute())
+
+    def fetch_with_lookups(self, job_id: str) -> tuple[Job, Lookups] | None:
+        """The job and what `describe` reads besides it, in one round trip; None for no such job."""
+        try:
+            uuid.UUID(job_id)
+        except ValueError:
+            return None
+        job = Job(job_id, connection=self.redis, serializer=JSONSerializer)  # as RQ's Job.fetch_many builds them
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(job.key)
+            self._ask_lookups(pipe, job_id)
+            raw, *replies = pipe.execute()
+        if not raw:
+            return None
+        job.restore(raw)
+        return job, Lookups.parse(replies)
+
+    def describe(self, job: Job, base_url: str, lookups: Lookups | None = None) -> JobStatus:
+        """`job` as just fetched; `lookups` read with it (`fetch_with_lookups`), or here."""
+        fetched = job.get_status(refresh=False)
+        status = self._status(job)
+        if lookups is None or status != fetched:  # a reap requeued (or failed) it meanwhile
+            lookups = self.lookups(job.id)
         model = job.meta.get("model", "unknown")
         request = job.kwargs.get("request", {})
+        canceled, position = lookups.canceled, lookups.positions.get(model)
+        state = self._resolve(job, status, canceled)
         progress = job.meta.get("progress")
         results = None
         if state == "finished":
@@ -122,16 +196,14 @@ class JobStore:
             )
         previews = [
             Preview(index=k, step=step, url=f"{base_url}jobs/{job.id}/previews/{k}.png")
-            for k, step in (list_previews(self.redis, job.id) if request.get("previews") else [])
+            for k, step in (lookups.previews if request.get("previews") else [])
         ]
         return JobStatus(
             job_id=job.id,
             model=model,
             status=state,
             progress=Progress(**progress) if progress else None,
-            queue_position=self.queue(model).get_job_position(job.id)
-            if state == "queued" and model in keys.QUEUES
-            else None,
+            queue_position=position if state == "queued" else None,
             attempts=int(job.meta.get("attempts", 0)),
             worker=job.worker_name,
             enqueued_at=job.enqueued_at,

@@ -16,18 +16,22 @@ NOT_FOUND = {404: {"model": ErrorBody, "description": "no such job (or its resul
 PNG = {200: {"content": {"image/png": {}}, "description": "a PNG image"}}
 
 
-def _job(store: JobStore, job_id: str, who: str | None) -> Job:
+def _owned(job: Job | None, job_id: str, who: str | None) -> Job:
     """The job, if it exists and belongs to the caller's key; otherwise 404, so ids leak nothing."""
-    job = store.fetch(job_id)
     if job is None or job.meta.get("owner") != who:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no job {job_id!r}")
     return job
 
 
+def _job(store: JobStore, job_id: str, who: str | None) -> Job:
+    return _owned(store.fetch(job_id), job_id, who)
+
+
 @router.get("/{job_id}", response_model=JobStatus, responses=NOT_FOUND)
 def get_job(job_id: str, store: StoreDep, who: Caller, request: Request) -> JobStatus:
     """Status, progress, queue position, timestamps, parameters, error and result URLs of a job."""
-    return store.describe(_job(store, job_id, who), str(request.base_url))
+    job, lookups = store.fetch_with_lookups(job_id) or (None, None)  # one Redis round trip for a poll
+    return store.describe(_owned(job, job_id, who), str(request.base_url), lookups)
 
 
 def _png(store: JobStore, job_id: str, who: str | None, data: bytes | None) -> Response:

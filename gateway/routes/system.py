@@ -20,8 +20,8 @@ def models_info(store: StoreDep) -> ModelsInfo:
 
 
 @router.get("/health", response_model=Health)
-def health() -> Health:
-    """Liveness: the gateway process answers."""
+async def health() -> Health:
+    """Liveness: the gateway process answers (async: it answers even while every thread waits on Redis)."""
     return Health(status="ok")
 
 

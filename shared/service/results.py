@@ -44,8 +44,12 @@ def store_preview(redis: Redis, job_id: str, k: int, step: int, png: bytes, ttl:
 
 def list_previews(redis: Redis, job_id: str) -> list[tuple[int, int]]:
     """(k, step) of the stored previews, in order."""
-    stored = redis.hgetall(keys.preview_steps(job_id))
-    return sorted((int(k), int(step)) for k, step in stored.items())  # type: ignore[union-attr]
+    return parse_previews(redis.hgetall(keys.preview_steps(job_id)))  # type: ignore[arg-type]
+
+
+def parse_previews(stored: dict[bytes, bytes]) -> list[tuple[int, int]]:
+    """(k, step) in order, from the HGETALL of `keys.preview_steps` (for callers that pipeline it)."""
+    return sorted((int(k), int(step)) for k, step in stored.items())
 
 
 def load_preview(redis: Redis, job_id: str, k: int) -> bytes | None:

@@ -80,3 +80,18 @@ def test_oversized_bodies_are_413(client: TestClient) -> None:
     response = client.post("/generate/diffusion", content=b'{"steps": 5, "pad": "' + b"x" * 2000 + b'"}',
                            headers={**ALPHA, "content-type": "application/json"})  # fmt: skip
     assert response.status_code == 413
+
+
+def test_chunked_bodies_are_counted_as_they_arrive(client: TestClient) -> None:
+    """No Content-Length: the body limit reads the chunks, and hands a small body on intact."""
+
+    def chunks(body: bytes) -> Iterator[bytes]:
+        yield from (body[k : k + 100] for k in range(0, len(body), 100))
+
+    headers = {**ALPHA, "content-type": "application/json"}
+    big = client.post("/generate/diffusion", content=chunks(b'{"steps": 5, "pad": "' + b"x" * 2000 + b'"}'),
+                      headers=headers)  # fmt: skip
+    assert big.status_code == 413
+    small = client.post("/generate/diffusion", content=chunks(b'{"steps": 5, "num_images": 2}'), headers=headers)
+    assert small.status_code == 202
+    assert client.get(f"/jobs/{small.json()['job_id']}", headers=ALPHA).json()["parameters"]["num_images"] == 2
