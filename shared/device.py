@@ -14,6 +14,13 @@ class Precision(StrEnum):
     BF16 = "bf16"  # autocast to bfloat16 for matmuls and convolutions, float32 elsewhere
 
 
+def resolve_precision(name: str, device: torch.device) -> Precision:
+    """`auto`: bf16 on CUDA, fp32 elsewhere (CPUs without native bf16 run it slower than fp32)."""
+    if name == "auto":
+        return Precision.BF16 if device.type == "cuda" else Precision.FP32
+    return Precision(name)
+
+
 def pick_device(name: str = "auto") -> torch.device:
     """`auto` picks cuda, then mps, then cpu; any other name is passed to torch.device."""
     if name != "auto":

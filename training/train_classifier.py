@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from shared.classifier import Classifier, ClassifierConfig, accuracy, save_classifier
-from shared.device import autocast, pick_device
+from shared.device import autocast, pick_device, resolve_precision
 from shared.weights import CARD_FILE, count_parameters
 from training.common import (
     REPO_ROOT,
@@ -49,7 +49,6 @@ from training.common import (
     set_rng_state,
 )
 from training.data import ImageDataset, load_image_dataset
-from training.train_diffusion import resolve_precision
 
 logger = logging.getLogger(__name__)
 

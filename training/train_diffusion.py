@@ -29,7 +29,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
-from shared.device import Precision, autocast, pick_device
+from shared.device import autocast, pick_device, resolve_precision
 from shared.diffusion.pipeline import DiffusionPipeline, SampleParams
 from shared.diffusion.process import DiffusionConfig, EpsModel, GaussianDiffusion
 from shared.diffusion.unet import UNet, UNetConfig
@@ -121,12 +121,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_dataclass_arguments(parser, TrainConfig, HELP)
     return parser
-
-
-def resolve_precision(name: str, device: torch.device) -> Precision:
-    if name == "auto":
-        return Precision.BF16 if device.type == "cuda" else Precision.FP32
-    return Precision(name)
 
 
 def network_config(cfg: TrainConfig, classes: Sequence[str], image_size: int) -> UNetConfig:
