@@ -207,6 +207,14 @@ def load_training_data(source: str, cache_dir: str, device: torch.device) -> Ima
     return dataset
 
 
+def steps_in_an_epoch(dataset: ImageDataset, batch_size: int) -> int:
+    """Full batches per epoch (the last partial batch is dropped); a batch larger than the data is an error."""
+    steps = len(dataset) // batch_size
+    if steps == 0:
+        raise ValueError(f"batch size {batch_size} is larger than the dataset ({len(dataset)} images)")
+    return steps
+
+
 def epochs_of_batches(
     dataset: ImageDataset, batch_size: int, seed: int, device: torch.device, current_step: Callable[[], int]
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -215,9 +223,7 @@ def epochs_of_batches(
     Epoch e is shuffled by a generator seeded with (seed, e), and each epoch starts at the batch that
     `current_step()` says comes next, so a resumed run sees exactly the batches an uninterrupted one would.
     """
-    steps_per_epoch = len(dataset) // batch_size
-    if steps_per_epoch == 0:
-        raise ValueError(f"batch size {batch_size} is larger than the dataset ({len(dataset)} images)")
+    steps_per_epoch = steps_in_an_epoch(dataset, batch_size)
     while True:
         epoch, done = divmod(current_step(), steps_per_epoch)
         generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)

@@ -47,6 +47,7 @@ from training.common import (
     rng_state,
     save_checkpoint,
     set_rng_state,
+    steps_in_an_epoch,
 )
 from training.data import ImageDataset, load_image_dataset
 
@@ -169,7 +170,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         set_rng_state(checkpoint["rng"])
         logger.info("resumed %s at step %d (%.1f min done)", cfg.resume, step, elapsed_before / 60)
 
-    steps_per_epoch = len(dataset) // cfg.batch_size
+    steps_per_epoch = steps_in_an_epoch(dataset, cfg.batch_size)
     total_steps = cfg.epochs * steps_per_epoch
     if cfg.max_steps is not None:
         total_steps = min(total_steps, cfg.max_steps)

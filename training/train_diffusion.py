@@ -54,6 +54,7 @@ from training.common import (
     rng_state,
     save_checkpoint,
     set_rng_state,
+    steps_in_an_epoch,
     warmup_lambda,
 )
 from training.data import ImageDataset
@@ -270,9 +271,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     model: nn.Module = torch.compile(state.unet) if cfg.compile else state.unet
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
 
-    steps_per_epoch = len(dataset) // cfg.batch_size
-    if steps_per_epoch == 0:
-        raise ValueError(f"batch size {cfg.batch_size} is larger than the dataset ({len(dataset)} images)")
+    steps_per_epoch = steps_in_an_epoch(dataset, cfg.batch_size)
     total_steps = cfg.epochs * steps_per_epoch
     if cfg.max_steps is not None:
         total_steps = min(total_steps, cfg.max_steps)

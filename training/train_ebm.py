@@ -58,6 +58,7 @@ from training.common import (
     rng_state,
     save_checkpoint,
     set_rng_state,
+    steps_in_an_epoch,
 )
 from training.data import ImageDataset
 from training.replay_buffer import ReplayBuffer
@@ -327,7 +328,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)
     dataset = load_training_data(cfg.data, cfg.data_cache, device)
     state = init_state(cfg, dataset, device)
-    steps_per_epoch = len(dataset) // cfg.batch_size
+    steps_per_epoch = steps_in_an_epoch(dataset, cfg.batch_size)
     total_steps = (
         cfg.epochs * steps_per_epoch if cfg.max_steps is None else min(cfg.max_steps, cfg.epochs * steps_per_epoch)
     )

@@ -57,6 +57,13 @@ def test_training_steps_run_and_refresh_the_buffer(tmp_path: Path, tiny_data: Pa
     assert any(not torch.equal(a, b) for a, b in zip(weights_before, state.net.parameters(), strict=True))
 
 
+def test_a_batch_larger_than_the_data_is_an_error_not_an_empty_export(tmp_path: Path, tiny_data: Path) -> None:
+    cfg = config(tmp_path, tiny_data, batch_size=64)  # 32 images
+    with pytest.raises(ValueError, match="batch size 64 is larger than the dataset"):
+        train(cfg)
+    assert not (tmp_path / "model").exists()
+
+
 def test_checkpoint_round_trip_and_resume(tmp_path: Path, tiny_data: Path) -> None:
     cfg = config(tmp_path, tiny_data, max_steps=3)
     result = train(cfg)

@@ -1,0 +1,90 @@
+"""training/gpu_session.sh, the script a rare GPU window runs, rehearsed on the CPU with a tiny CIFAR-shaped
+ImageFolder: it warm-starts both trainers from the shipped weights, packs each export and the evaluation
+into $OUT, and leaves models/ alone. A broken flag here would otherwise be found only on the GPU."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from training.common import REPO_ROOT
+
+pytestmark = pytest.mark.slow
+SCRIPT = REPO_ROOT / "training" / "gpu_session.sh"
+CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+def cifar_shaped_folder(root: Path) -> Path:
+    """train/ and test/ of 32x32 PNGs in the ten CIFAR-10 classes: 4 train and 2 test images per class."""
+    gen = torch.Generator().manual_seed(0)
+    for split, per_class in (("train", 4), ("test", 2)):
+        for label, name in enumerate(CLASSES):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for k in range(per_class):
+                img = (label / 10 + 0.2 * torch.rand(32, 32, 3, generator=gen)).clamp(0, 1)
+                Image.fromarray((img * 255).to(torch.uint8).numpy()).save(folder / f"{k}.png")
+    return root
+
+
+def digest(directory: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(directory.iterdir()) if p.is_file()}
+
+
+def tar_json(archive: Path, member: str) -> dict:
+    with tarfile.open(archive) as tar:
+        handle = tar.extractfile(member)
+        assert handle is not None, f"{member} missing from {archive.name}"
+        return json.load(io.TextIOWrapper(handle))
+
+
+def test_the_rehearsal_trains_packs_and_evaluates_without_touching_models(tmp_path: Path) -> None:
+    shipped = {name: digest(REPO_ROOT / "models" / name) for name in ("diffusion", "ebm")}
+    out, work = tmp_path / "out", tmp_path / "work"
+    env = {
+        **os.environ,
+        "PYTHON": sys.executable,
+        "DATA": str(cifar_shaped_folder(tmp_path / "data")),
+        "DATA_CACHE": str(tmp_path / "cache"),
+        "OUT": str(out),
+        "WORK": str(work),
+        "EVAL_N": "10",
+        "EVAL_STEPS": "2",
+        "REFERENCE_SIZE": "20",
+        "EVAL_BATCH": "10",
+        "DIFFUSION_ARGS": "--max-steps 2 --sample-images 10 --sample-steps 2",
+        "EBM_ARGS": "--max-steps 2 --batch-size 8 --sample-images 10 --serve-steps 5 --buffer-size 64",
+    }
+    done = subprocess.run(
+        ["bash", str(SCRIPT), "--rehearse"], env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600
+    )
+    log = done.stdout + done.stderr
+    assert done.returncode == 0, log[-4000:]
+    assert sorted(p.name for p in out.iterdir()) == ["diffusion.tar", "ebm.tar", "eval.tar", "logs.tar.gz"]
+
+    for name, batch in (("diffusion", 8), ("ebm", 8)):
+        with tarfile.open(out / f"{name}.tar") as tar:
+            members = set(tar.getnames())
+        assert {f"models/{name}/model.safetensors", f"models/{name}/config.json"} <= members
+        card = tar_json(out / f"{name}.tar", f"models/{name}/config.json")
+        before = json.loads((REPO_ROOT / "models" / name / "config.json").read_text())["training"]
+        # warm-started from the shipped weights: two more steps on top of what they had seen
+        assert card["training"]["steps"] == 2
+        assert card["training"]["images_seen_total"] == before["images_seen_total"] + 2 * batch
+    assert {name: digest(REPO_ROOT / "models" / name) for name in shipped} == shipped, "models/ was modified"
+
+    for name in ("diffusion", "ebm"):
+        results = tar_json(out / "eval.tar", f"eval/{name}/results.json")
+        assert [row["row"] for row in results["rows"]] == ["real", "noise", "untrained", name]
+        assert all(row["n"] == 10 for row in results["rows"])
+    assert "done: diffusion_ok=0 ebm_ok=0 eval_status=0" in log

@@ -1,0 +1,140 @@
+#!/usr/bin/env bash
+# One short GPU window (about 10 minutes of an H200) turned into better shipped weights.
+#
+#   bash training/gpu_session.sh                       # on the GPU machine, from the repository root
+#   bash training/gpu_session.sh --rehearse            # the same script on this CPU in about a minute
+#
+# In order (each step's output lands in $OUT as soon as it exists, so a run cut short by its time
+# limit still brings back what it made):
+#   1. decode CIFAR-10 once into data/cache, so the two trainers share it;
+#   2. train, side by side on the one GPU, the diffusion UNet warm-started from models/diffusion (bf16
+#      autocast, channels_last, batch 256) and the EBM warm-started from models/ebm, each for its
+#      time budget; each exports into $WORK/models/<name> (never into models/ directly);
+#   3. pack each exported model into $OUT/<name>.tar the moment its trainer ends;
+#   4. evaluate both at N = 1000 with calibration rows, in the shipped classifier's feature space,
+#      on the GPU (training/evaluate.py), and pack the results and grids into $OUT/eval.tar.
+# Back on the development machine: `tar -xf diffusion.tar` (and ebm.tar) in the repository root
+# replaces models/<name>/, eval.tar holds runs/eval/<name>/; then update models/README.md.
+#
+# Environment (defaults for the H200): PYTHON (.venv/bin/python if present, else python3), DATA (the
+# CIFAR-10 archive: data/cifar10-jpeg.tar.gz, else ../shared/data/cifar10-jpeg.tar.gz — the device
+# machine does not get ../shared, so carry data/cifar10-jpeg.tar.gz), DEVICE (cuda), DIFFUSION_MINUTES
+# (6), EBM_MINUTES (5.5), EVAL_N (1000), EVAL_STEPS (100), GUIDANCE (3), OUT (out/gpu-session), WORK
+# (runs/gpu-session: checkpoints, exports, logs), DATA_CACHE (data/cache), DIFFUSION_ARGS / EBM_ARGS (more trainer flags).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+if [[ "${1:-}" == "--rehearse" ]]; then
+    # A CPU dry run of every step with tiny budgets: what to run before spending GPU time.
+    : "${DEVICE:=cpu}" "${DIFFUSION_MINUTES:=0.4}" "${EBM_MINUTES:=0.3}" "${EVAL_N:=20}" "${EVAL_STEPS:=4}"
+    : "${REFERENCE_SIZE:=200}" "${DIFFUSION_BATCH:=8}" "${EVAL_BATCH:=20}" "${OUT:=out/gpu-rehearsal}"
+    : "${DIFFUSION_ARGS:=--sample-images 10 --sample-steps 2}" "${EBM_ARGS:=--sample-images 10 --serve-steps 10}"
+    export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+fi
+DEVICE=${DEVICE:-cuda}
+DIFFUSION_MINUTES=${DIFFUSION_MINUTES:-6}
+EBM_MINUTES=${EBM_MINUTES:-5.5}
+DIFFUSION_BATCH=${DIFFUSION_BATCH:-256}
+EVAL_N=${EVAL_N:-1000}
+EVAL_STEPS=${EVAL_STEPS:-100}
+EVAL_BATCH=${EVAL_BATCH:-500}
+GUIDANCE=${GUIDANCE:-3}
+REFERENCE_SIZE=${REFERENCE_SIZE:-10000}
+OUT=${OUT:-out/gpu-session}
+WORK=${WORK:-runs/gpu-session}
+DATA_CACHE=${DATA_CACHE:-data/cache}
+read -r -a diffusion_args <<<"${DIFFUSION_ARGS:-}"
+read -r -a ebm_args <<<"${EBM_ARGS:-}"
+if [[ -z "${PYTHON:-}" ]]; then
+    if [[ -x .venv/bin/python ]]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
+fi
+if [[ -z "${DATA:-}" ]]; then
+    for candidate in data/cifar10-jpeg.tar.gz ../shared/data/cifar10-jpeg.tar.gz; do
+        [[ -f "$candidate" ]] && DATA=$candidate && break
+    done
+fi
+[[ -e "${DATA:-}" ]] || { echo "no CIFAR-10 data: set DATA (an archive or ImageFolder) or put data/cifar10-jpeg.tar.gz" >&2; exit 2; }
+
+LOGS=$WORK/logs
+rm -rf "$WORK"
+mkdir -p "$OUT" "$LOGS"
+export PYTHONUNBUFFERED=1
+started=$(date +%s)
+say() { echo "[gpu-session +$(($(date +%s) - started))s] $*" | tee -a "$LOGS/session.log"; }
+pack_logs() { tar -czf "$OUT/logs.tar.gz" -C "$WORK" logs $(cd "$WORK" && ls -d runs/*/samples 2>/dev/null); }
+trap pack_logs EXIT
+
+say "device=$DEVICE data=$DATA python=$PYTHON out=$OUT"
+"$PYTHON" - "$DEVICE" <<'PY' 2>&1 | tee -a "$LOGS/session.log" || exit 2
+import sys, torch
+device = sys.argv[1]
+print("python", sys.version.split()[0], "torch", torch.__version__)
+if device.startswith("cuda"):
+    assert torch.cuda.is_available(), "DEVICE=cuda but torch sees no GPU"
+    print("gpu", torch.cuda.get_device_name(0), "bf16", torch.cuda.is_bf16_supported())
+PY
+
+# 1. decode the archive once (both splits), so the trainers and the evaluation read the cache
+"$PYTHON" - "$DATA" "$DATA_CACHE" <<'PY' 2>&1 | tee -a "$LOGS/session.log" || exit 2
+import sys, time
+from training.data import load_image_dataset
+start = time.monotonic()
+for split in ("train", "test"):
+    images = load_image_dataset(sys.argv[1], split, cache_dir=sys.argv[2]).images
+    print(split, tuple(images.shape), f"{time.monotonic() - start:.1f} s")
+PY
+
+# 2. both trainers at once on the one device
+common=(--data "$DATA" --data-cache "$DATA_CACHE" --device "$DEVICE")
+"$PYTHON" -m training.train_diffusion "${common[@]}" --resume models/diffusion \
+    --batch-size "$DIFFUSION_BATCH" --lr 3e-4 --max-minutes "$DIFFUSION_MINUTES" \
+    --checkpoint-every 5000 --sample-every 5000 \
+    --out "$WORK/runs/diffusion" --export "$WORK/models/diffusion" "${diffusion_args[@]}" >"$LOGS/train-diffusion.log" 2>&1 &
+diffusion_pid=$!
+"$PYTHON" -m training.train_ebm "${common[@]}" --resume models/ebm --max-minutes "$EBM_MINUTES" \
+    --checkpoint-every 1000 --sample-every 2000 \
+    --out "$WORK/runs/ebm" --export "$WORK/models/ebm" "${ebm_args[@]}" >"$LOGS/train-ebm.log" 2>&1 &
+ebm_pid=$!
+say "training: diffusion (pid $diffusion_pid, $DIFFUSION_MINUTES min), ebm (pid $ebm_pid, $EBM_MINUTES min)"
+
+# 3. pack each model as soon as its trainer ends (paths as in the repository: models/<name>/...)
+pack_model() {  # name pid
+    wait "$2"
+    local rc=$?
+    say "train_$1 exited with $rc: $(tail -c 400 "$LOGS/train-$1.log" | tr '\r' '\n' | tail -n 3)"
+    if [[ $rc -eq 0 && -f "$WORK/models/$1/model.safetensors" ]]; then
+        tar -cf "$OUT/$1.tar" -C "$WORK" "models/$1"
+        say "packed $OUT/$1.tar ($(du -h "$OUT/$1.tar" | cut -f1))"
+        return 0
+    fi
+    return 1
+}
+pack_model diffusion "$diffusion_pid"; diffusion_ok=$?
+pack_model ebm "$ebm_pid"; ebm_ok=$?
+
+# 4. evaluate what was trained, both at once
+evaluate() {  # name extra-args...
+    local name=$1
+    shift
+    "$PYTHON" -m training.evaluate --model "$name" --weights "$WORK/models/$name" --n "$EVAL_N" --calibrate \
+        --device "$DEVICE" --batch-size "$EVAL_BATCH" --reference-size "$REFERENCE_SIZE" --data "$DATA" \
+        --data-cache "$DATA_CACHE" \
+        --cache-dir "" --out "$WORK/eval/$name" "$@" >"$LOGS/eval-$name.log" 2>&1
+}
+eval_pids=()
+if [[ $diffusion_ok -eq 0 ]]; then
+    evaluate diffusion --steps "$EVAL_STEPS" --guidance-scale "$GUIDANCE" --untrained-steps 2 &
+    eval_pids+=($!)
+fi
+if [[ $ebm_ok -eq 0 ]]; then
+    evaluate ebm &
+    eval_pids+=($!)
+fi
+status=0
+for pid in "${eval_pids[@]}"; do wait "$pid" || status=1; done
+if compgen -G "$WORK/eval/*/results.json" >/dev/null; then
+    tar -cf "$OUT/eval.tar" -C "$WORK" eval
+    for log in "$LOGS"/eval-*.log; do grep -A 8 '^| row' "$log" | tee -a "$LOGS/session.log"; done
+fi
+say "done: diffusion_ok=$diffusion_ok ebm_ok=$ebm_ok eval_status=$status"
+exit $((diffusion_ok || ebm_ok || status))
