@@ -156,9 +156,12 @@ class InceptionFID:
     """
 
     def __init__(self, weights_path: str) -> None:
+        # The network runs in float32 like the reference implementation; torchmetrics accumulates the
+        # feature sums and covariances in float64 either way (`.set_dtype(torch.float64)` would also
+        # run Inception itself in float64, ~4x slower on a CPU, for no change in the statistics).
         self.metric = FrechetInceptionDistance(
             feature=2048, normalize=True, reset_real_features=False, feature_extractor_weights_path=weights_path
-        ).set_dtype(torch.float64)
+        )
 
     @staticmethod
     def _unit(images: torch.Tensor) -> torch.Tensor:

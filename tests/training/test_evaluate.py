@@ -59,3 +59,41 @@ def test_real_and_noise_rows_are_written_and_repeatable(setup: dict[str, str]) -
     assert again["rows"][0]["fid"] == row["fid"] and again["rows"][0]["kid_mean"] == row["kid_mean"]
     noise = run(setup, out, "--model=noise", "--class-label=none")["rows"][0]
     assert noise["fid"] > row["fid"] and "class_agreement" not in noise
+
+
+def test_standard_inception_fid_from_a_local_weights_file(
+    setup: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--inception-weights adds torchmetrics' Inception FID with the network loaded from that file (no
+    download). The real weights cannot be fetched here, so the file holds a seeded random Inception-v3 of
+    the same layout whose BatchNorm statistics are set from a batch of images (else random features
+    shrink to nothing over its ~90 layers and every FID is 0)."""
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    from training.metrics import InceptionFID
+
+    weights = tmp_path / "inception.pth"
+    torch.save({}, weights)
+    with monkeypatch.context() as patch:  # build the layout without loading anything
+        patch.setattr(FeatureExtractorInceptionV3, "load_state_dict", lambda self, state: None)
+        torch.manual_seed(0)
+        net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=weights)
+    for bn in (m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+        bn.reset_running_stats()
+        bn.momentum = None  # a cumulative average: one batch sets the statistics
+    net.train()
+    with torch.no_grad():
+        net(torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)))
+    torch.save(net.state_dict(), weights)
+
+    loaded = InceptionFID(str(weights)).metric.inception.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in net.state_dict().items())  # the file's weights, not a download
+
+    out, inception = str(tmp_path / "out"), f"--inception-weights={weights}"
+    by_name = {
+        name: run(setup, out, f"--model={name}", "--class-label=none", "--reference-size=12", inception)["rows"][0]
+        for name in ("real", "noise")
+    }
+    assert all(r["inception_fid"] is not None and r["inception_fid"] >= 0 for r in by_name.values())
+    # the 2048-d space separates the rows: uniform noise lies further from the test images than train images do
+    assert by_name["noise"]["inception_fid"] > 2 * by_name["real"]["inception_fid"] > 0
