@@ -69,7 +69,7 @@ class ClassifierFeatures(nn.Module):
         device = next(self.classifier.parameters()).device
         feats = torch.cat(
             [self.classifier.features(to_unit_range(chunk).to(device)) for chunk in batches(images, self.batch_size)]
-        ).double()  # (B, D)
+        ).double().cpu()  # (B, D); torchmetrics' running sums live on the CPU, whatever the network's device
         self._last = (images, images._version, feats)
         return feats
 

@@ -48,43 +48,69 @@ def tar_json(archive: Path, member: str) -> dict:
         return json.load(io.TextIOWrapper(handle))
 
 
-def test_the_rehearsal_trains_packs_and_evaluates_without_touching_models(tmp_path: Path) -> None:
-    shipped = {name: digest(REPO_ROOT / "models" / name) for name in ("diffusion", "ebm")}
-    out, work = tmp_path / "out", tmp_path / "work"
+def rehearse(tmp_path: Path, **overrides: str) -> tuple[subprocess.CompletedProcess[str], Path]:
+    out = tmp_path / "out"
     env = {
         **os.environ,
         "PYTHON": sys.executable,
         "DATA": str(cifar_shaped_folder(tmp_path / "data")),
         "DATA_CACHE": str(tmp_path / "cache"),
         "OUT": str(out),
-        "WORK": str(work),
+        "WORK": str(tmp_path / "work"),
         "EVAL_N": "10",
         "EVAL_STEPS": "2",
         "REFERENCE_SIZE": "20",
         "EVAL_BATCH": "10",
         "DIFFUSION_ARGS": "--max-steps 2 --sample-images 10 --sample-steps 2",
         "EBM_ARGS": "--max-steps 2 --batch-size 8 --sample-images 10 --serve-steps 5 --buffer-size 64",
+        **overrides,
     }
     done = subprocess.run(
         ["bash", str(SCRIPT), "--rehearse"], env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600
     )
+    return done, out
+
+
+def test_the_rehearsal_trains_packs_and_evaluates_without_touching_models(tmp_path: Path) -> None:
+    shipped = {name: digest(REPO_ROOT / "models" / name) for name in ("diffusion", "ebm")}
+    done, out = rehearse(tmp_path)
     log = done.stdout + done.stderr
     assert done.returncode == 0, log[-4000:]
     assert sorted(p.name for p in out.iterdir()) == ["diffusion.tar", "ebm.tar", "eval.tar", "logs.tar.gz"]
+    # what the device tool brings back: files of at most 16 MiB (an fp32 diffusion export would not come back)
+    assert all(p.stat().st_size < 16 * 2**20 for p in out.iterdir())
 
-    for name, batch in (("diffusion", 8), ("ebm", 8)):
+    for name in ("diffusion", "ebm"):
         with tarfile.open(out / f"{name}.tar") as tar:
             members = set(tar.getnames())
         assert {f"models/{name}/model.safetensors", f"models/{name}/config.json"} <= members
         card = tar_json(out / f"{name}.tar", f"models/{name}/config.json")
-        before = json.loads((REPO_ROOT / "models" / name / "config.json").read_text())["training"]
-        # warm-started from the shipped weights: two more steps on top of what they had seen
+        before = json.loads((REPO_ROOT / "models" / name / "config.json").read_text())
+        # warm-started from the shipped weights: two more steps of 8 on top of what they had seen
         assert card["training"]["steps"] == 2
-        assert card["training"]["images_seen_total"] == before["images_seen_total"] + 2 * batch
+        assert card["training"]["images_seen_total"] == before["training"]["images_seen_total"] + 2 * 8
+        assert (
+            card["training"]["warm_started_from"]
+            == hashlib.sha256((REPO_ROOT / "models" / name / "model.safetensors").read_bytes()).hexdigest()
+        )
     assert {name: digest(REPO_ROOT / "models" / name) for name in shipped} == shipped, "models/ was modified"
 
     for name in ("diffusion", "ebm"):
         results = tar_json(out / "eval.tar", f"eval/{name}/results.json")
         assert [row["row"] for row in results["rows"]] == ["real", "noise", "untrained", name]
         assert all(row["n"] == 10 for row in results["rows"])
+        # the row scores the new export, not the shipped weights
+        assert results["rows"][-1]["source"]["weights"] == str(tmp_path / "work" / "models" / name)
     assert "done: diffusion_ok=0 ebm_ok=0 eval_status=0" in log
+
+
+def test_a_failing_trainer_still_brings_back_the_other_model_and_the_logs(tmp_path: Path) -> None:
+    done, out = rehearse(tmp_path, EBM_ARGS="--batch-size 1000")  # 40 images: the EBM trainer refuses
+    log = done.stdout + done.stderr
+    assert done.returncode == 1, log[-4000:]
+    assert sorted(p.name for p in out.iterdir()) == ["diffusion.tar", "eval.tar", "logs.tar.gz"]
+    with tarfile.open(out / "logs.tar.gz") as tar:
+        train_log = tar.extractfile("logs/train-ebm.log")
+        assert train_log is not None and b"batch size 1000 is larger than the dataset" in train_log.read()
+    assert [r["row"] for r in tar_json(out / "eval.tar", "eval/diffusion/results.json")["rows"]][-1] == "diffusion"
+    assert "done: diffusion_ok=0 ebm_ok=1 eval_status=0" in log
