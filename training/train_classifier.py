@@ -1,6 +1,6 @@
 """Train the CIFAR-10 classifier whose features the evaluation uses, and export it.
 
-    python -m training.train_classifier --max-minutes 62 --epochs 40 --threads 1   # what shipped (models/README.md)
+    python -m training.train_classifier --max-minutes 55 --epochs 24 --threads 2   # what shipped (models/README.md)
     python -m training.train_classifier --epochs 20                        # a fixed number of epochs
     python -m training.train_classifier --resume runs/classifier           # continue a run exactly
 
