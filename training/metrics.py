@@ -67,9 +67,9 @@ class ClassifierFeatures(nn.Module):
         if self._last is not None and self._last[0] is images and self._last[1] == images._version:
             return self._last[2]
         device = next(self.classifier.parameters()).device
-        feats = torch.cat(
-            [self.classifier.features(to_unit_range(chunk).to(device)) for chunk in batches(images, self.batch_size)]
-        ).double().cpu()  # (B, D); torchmetrics' running sums live on the CPU, whatever the network's device
+        chunks = [self.classifier.features(to_unit_range(c).to(device)) for c in batches(images, self.batch_size)]
+        # (B, D) float64 on the CPU: torchmetrics' running sums live there, whatever the network's device
+        feats = torch.cat(chunks).double().cpu()
         self._last = (images, images._version, feats)
         return feats
 
