@@ -118,7 +118,7 @@ common=(--data "$DATA" --data-cache "$DATA_CACHE" --device "$DEVICE")
     --out "$WORK/runs/diffusion" --export "$WORK/models/diffusion" "${diffusion_args[@]}" \
     >"$LOGS/train-diffusion.log" 2>&1 &
 declare -A trainer_of=([$!]=diffusion)
-"$PYTHON" -m training.train_ebm "${common[@]}" --resume models/ebm --max-minutes "$ebm_minutes" \
+"$PYTHON" -m training.train_ebm "${common[@]}" --resume models/ebm --max-minutes "$ebm_minutes" --serve-step-size 4 \
     --checkpoint-every 2000 --sample-every 2000 \
     --out "$WORK/runs/ebm" --export "$WORK/models/ebm" "${ebm_args[@]}" >"$LOGS/train-ebm.log" 2>&1 &
 trainer_of[$!]=ebm

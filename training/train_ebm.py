@@ -87,6 +87,7 @@ class TrainConfig(RunConfig):
     langevin_grad_clip: float = 0.03
     # serving defaults written into the model card (chains from uniform noise need more steps)
     serve_steps: int = 200
+    serve_step_size: float | None = None
     # network (ignored when resuming)
     base_channels: int = EnergyConfig.base_channels
     channel_mult: tuple[int, ...] = EnergyConfig.channel_mult
@@ -110,6 +111,9 @@ HELP = {
     "buffer_reinit": "fraction of chains restarted from uniform noise each batch",
     "divergence_threshold": "mean |energy| above which a step counts as diverged",
     "max_restores": "how often a diverged run is restored from its last checkpoint before it stops",
+    "serve_steps": "Langevin steps of the serving chain (from uniform noise) written into the model card",
+    "serve_step_size": "step size of the serving chain in the card (default --langevin-step-size); chains "
+    "from noise may want a larger one than the short training chains (models/README.md has a sweep)",
 }
 
 
@@ -136,6 +140,12 @@ def chain_params(cfg: TrainConfig, steps: int | None = None) -> LangevinParams:
         noise_scale=cfg.langevin_noise,
         grad_clip=cfg.langevin_grad_clip,
     )
+
+
+def serving_chain(cfg: TrainConfig) -> LangevinParams:
+    """The chain written into the model card (and drawn in sample grids): from noise, --serve-steps long."""
+    chain = chain_params(cfg, cfg.serve_steps)
+    return dataclasses.replace(chain, step_size=cfg.serve_step_size or chain.step_size)
 
 
 def network_config(cfg: TrainConfig, dataset: ImageDataset) -> EnergyConfig:
@@ -253,7 +263,7 @@ def sample_grid(state: TrainState, cfg: TrainConfig, path: Path) -> Path:
     num_classes = state.net.config.num_classes
     labels = tuple(k % num_classes for k in range(cfg.sample_images)) if num_classes else None
     params = EBMSampleParams(
-        seeds=tuple(range(cfg.sample_images)), langevin=chain_params(cfg, cfg.serve_steps), labels=labels
+        seeds=tuple(range(cfg.sample_images)), langevin=serving_chain(cfg), labels=labels
     )
     images = to_uint8(pipeline.sample(params))
     state.net.train()
@@ -361,7 +371,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         )  # fmt: skip
         return {**result, "exported": False}
     export = EBMPipeline(state.net).save_pretrained(
-        cfg.export, training=result, sampling=chain_params(cfg, cfg.serve_steps)
+        cfg.export, training=result, sampling=serving_chain(cfg)
     )
     shutil.copyfile(grid, export / "samples.png")
     logger.info("exported weights to %s (samples: %s)", export, grid)

@@ -132,7 +132,7 @@ def _cli_args(tmp_path: Path) -> list[str]:
 
 
 def test_cli_trains_exports_and_the_sampler_turns_it_into_a_grid(tmp_path: Path, tiny_data: Path) -> None:
-    assert main(["--data", str(tiny_data), *_cli_args(tmp_path)]) == 0
+    assert main(["--data", str(tiny_data), *_cli_args(tmp_path), "--serve-step-size", "3.5"]) == 0
     export = tmp_path / "cli-model"
     card = json.loads((export / "config.json").read_text())
     assert card["kind"] == "ebm-cnn" and card["training"]["steps"] == 4  # 32 images / batch 8
@@ -140,6 +140,8 @@ def test_cli_trains_exports_and_the_sampler_turns_it_into_a_grid(tmp_path: Path,
     assert (export / "samples.png").is_file()
     pipeline = EBMPipeline.from_pretrained(export, device="cpu")
     assert pipeline.default_langevin.steps == 4
+    # the serving chain's step size is its own; the training chains kept theirs (2.0, the default)
+    assert pipeline.default_langevin.step_size == 3.5 and card["training"]["langevin_train"]["step_size"] == 2.0
 
     grid = tmp_path / "ebm.png"
     assert sample_cli.main(["--weights", str(export), "--n", "4", "--class-label", "all", "--out", str(grid)]) == 0
