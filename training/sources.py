@@ -176,8 +176,13 @@ def make_samples(spec: SourceSpec, repo_root: Path, num_classes: int = 10) -> tu
 def cache_key(spec: SourceSpec, repo_root: Path) -> str:
     fields = {k: v for k, v in dataclasses.asdict(spec).items() if k not in ("batch_size", "device", "data_cache")}
     if spec.model in ("diffusion", "ebm", "untrained"):
+        from shared.weights import CARD_FILE, file_sha256
+
         model = spec.untrained_of if spec.model == "untrained" else spec.model
-        fields["sha256"] = _weights_sha(spec.weights or default_weights(model, repo_root))
+        directory = spec.weights or default_weights(model, repo_root)
+        fields["sha256"] = _weights_sha(directory)
+        # the card too: its sampling block (e.g. the EBM's serving chain) shapes the images as much as the weights
+        fields["card_sha256"] = file_sha256(Path(directory) / CARD_FILE)
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -262,9 +262,7 @@ def sample_grid(state: TrainState, cfg: TrainConfig, path: Path) -> Path:
     pipeline = EBMPipeline(state.net)
     num_classes = state.net.config.num_classes
     labels = tuple(k % num_classes for k in range(cfg.sample_images)) if num_classes else None
-    params = EBMSampleParams(
-        seeds=tuple(range(cfg.sample_images)), langevin=serving_chain(cfg), labels=labels
-    )
+    params = EBMSampleParams(seeds=tuple(range(cfg.sample_images)), langevin=serving_chain(cfg), labels=labels)
     images = to_uint8(pipeline.sample(params))
     state.net.train()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -370,9 +368,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             "are in %s; --overwrite-export replaces the shipped ones.", cfg.export, result["images_seen_total"], out,
         )  # fmt: skip
         return {**result, "exported": False}
-    export = EBMPipeline(state.net).save_pretrained(
-        cfg.export, training=result, sampling=serving_chain(cfg)
-    )
+    export = EBMPipeline(state.net).save_pretrained(cfg.export, training=result, sampling=serving_chain(cfg))
     shutil.copyfile(grid, export / "samples.png")
     logger.info("exported weights to %s (samples: %s)", export, grid)
     return {**result, "exported": True}

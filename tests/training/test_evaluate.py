@@ -97,3 +97,24 @@ def test_standard_inception_fid_from_a_local_weights_file(
     assert all(r["inception_fid"] is not None and r["inception_fid"] >= 0 for r in by_name.values())
     # the 2048-d space separates the rows: uniform noise lies further from the test images than train images do
     assert by_name["noise"]["inception_fid"] > 2 * by_name["real"]["inception_fid"] > 0
+
+
+def test_the_sample_cache_is_keyed_by_the_model_card_as_well_as_the_weights(tmp_path: Path) -> None:
+    """Editing a card's sampling block (the EBM's serving chain) with the same weights must not reuse the
+    samples of the old chain."""
+    from shared.ebm.energy import EnergyConfig, EnergyNet
+    from shared.ebm.langevin import LangevinParams
+    from shared.ebm.pipeline import EBMPipeline
+    from training.sources import SourceSpec, cache_key
+
+    torch.manual_seed(0)
+    net = EnergyNet(EnergyConfig(image_size=8, base_channels=4, channel_mult=(1,), num_res_blocks=1, num_classes=2))
+    directory = tmp_path / "ebm"
+    EBMPipeline(net).save_pretrained(directory, sampling=LangevinParams(steps=5, step_size=2.0))
+    spec = SourceSpec(model="ebm", n=4, weights=str(directory))
+    before = cache_key(spec, tmp_path)
+    assert cache_key(spec, tmp_path) == before  # same weights, same card: the cache is reused
+    card = json.loads((directory / "config.json").read_text())
+    card["sampling"]["step_size"] = 4.0
+    (directory / "config.json").write_text(json.dumps(card))
+    assert cache_key(spec, tmp_path) != before
