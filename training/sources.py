@@ -32,6 +32,7 @@ from shared.ebm.energy import EnergyNet
 from shared.ebm.pipeline import EBMPipeline, EBMSampleParams
 from shared.images import to_uint8
 from shared.seeding import make_generators, rand_per_sample, seeds_from
+from shared.weights import CARD_FILE, WEIGHTS_FILE, file_sha256
 from training.data import load_image_dataset
 
 logger = logging.getLogger(__name__)
@@ -150,8 +151,6 @@ def default_weights(model: str, repo_root: Path) -> str:
 
 
 def _weights_sha(directory: str) -> str:
-    from shared.weights import WEIGHTS_FILE, file_sha256
-
     return file_sha256(Path(directory) / WEIGHTS_FILE)
 
 
@@ -176,8 +175,6 @@ def make_samples(spec: SourceSpec, repo_root: Path, num_classes: int = 10) -> tu
 def cache_key(spec: SourceSpec, repo_root: Path) -> str:
     fields = {k: v for k, v in dataclasses.asdict(spec).items() if k not in ("batch_size", "device", "data_cache")}
     if spec.model in ("diffusion", "ebm", "untrained"):
-        from shared.weights import CARD_FILE, file_sha256
-
         model = spec.untrained_of if spec.model == "untrained" else spec.model
         directory = spec.weights or default_weights(model, repo_root)
         fields["sha256"] = _weights_sha(directory)

@@ -17,6 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
+from shared.weights import WEIGHTS_FILE, file_sha256
 from training.common import REPO_ROOT
 
 pytestmark = pytest.mark.slow
@@ -89,10 +90,7 @@ def test_the_rehearsal_trains_packs_and_evaluates_without_touching_models(tmp_pa
         # warm-started from the shipped weights: two more steps of 8 on top of what they had seen
         assert card["training"]["steps"] == 2
         assert card["training"]["images_seen_total"] == before["training"]["images_seen_total"] + 2 * 8
-        assert (
-            card["training"]["warm_started_from"]
-            == hashlib.sha256((REPO_ROOT / "models" / name / "model.safetensors").read_bytes()).hexdigest()
-        )
+        assert card["training"]["warm_started_from"] == file_sha256(REPO_ROOT / "models" / name / WEIGHTS_FILE)
     assert {name: digest(REPO_ROOT / "models" / name) for name in shipped} == shipped, "models/ was modified"
 
     for name in ("diffusion", "ebm"):
