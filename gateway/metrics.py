@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 from fastapi import FastAPI
+from fastapi.responses import PlainTextResponse
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -89,5 +90,7 @@ def setup_metrics(app: FastAPI) -> CollectorRegistry:
     """HTTP metrics by route and status, and the service collector, at GET /metrics (one registry per app)."""
     registry = CollectorRegistry()
     registry.register(ServiceCollector(lambda: app.state.redis))
-    Instrumentator(registry=registry, excluded_handlers=["/metrics"]).instrument(app).expose(app, tags=["system"])
+    Instrumentator(registry=registry, excluded_handlers=["/metrics"]).instrument(app).expose(
+        app, tags=["system"], response_class=PlainTextResponse, summary="Prometheus metrics (text format)"
+    )
     return registry

@@ -8,6 +8,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+# the routes' error bodies, re-exported (defined once for the gateway and the text service)
+from shared.service.http import ErrorBody as ErrorBody
+from shared.service.http import UnprocessableBody as UnprocessableBody
 from shared.service.results import MAX_PREVIEWS
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -151,11 +154,18 @@ class Health(BaseModel):
     status: Literal["ok"]
 
 
+class TextServiceState(BaseModel):
+    """The legacy text service as the gateway sees it; informational: the image routes never depend on it."""
+
+    status: Literal["ok", "degraded", "unavailable"] = Field(
+        description="ok: every model loaded; degraded: some are not (their routes answer 503); unavailable: no answer"
+    )
+    routes: dict[str, bool] = Field(description="legacy route -> whether it can answer now")
+    detail: str | None = Field(None, description="why it is unavailable")
+
+
 class Readiness(BaseModel):
-    status: Literal["ready", "degraded"]
+    status: Literal["ready", "degraded"] = Field(description="ready: Redis answers and every queue has a worker")
     redis: bool
     workers: dict[str, int]
-
-
-class ErrorBody(BaseModel):
-    detail: str
+    text_service: TextServiceState | None = Field(None, description="the legacy text routes (not part of `status`)")

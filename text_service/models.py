@@ -12,13 +12,12 @@ from shared.text.bigram import BigramModel
 from shared.text.corpus import load_corpus
 from shared.text.embeddings import Embedder, load_embedder
 from shared.text.lstm import WordLSTM, load_lstm
+from shared.text.schemas import BIGRAM, EMBEDDINGS, LSTM
 from shared.text.tokenizer import WordTokenizer
 from shared.weights import WeightsError, count_parameters
 from text_service.settings import Settings
 
 logger = logging.getLogger(__name__)
-
-BIGRAM, LSTM, EMBEDDINGS = "bigram", "lstm", "embeddings"
 
 
 @dataclass

@@ -10,10 +10,9 @@ import logging
 
 from fastapi import APIRouter, HTTPException, status
 
+from shared.service.http import ErrorBody, UnprocessableBody
 from shared.text import lstm as lstm_lib
-from shared.text.tokenizer import WordTokenizer, tokenize
-from text_service.deps import Bigram, EmbedderDep, LSTMModel, Models
-from text_service.schemas import (
+from shared.text.schemas import (
     EmbedRequest,
     EmbedResponse,
     GenerateRequest,
@@ -24,14 +23,20 @@ from text_service.schemas import (
     SimilarityRequest,
     SimilarityResponse,
 )
+from shared.text.tokenizer import WordTokenizer, tokenize
+from text_service.deps import Bigram, EmbedderDep, LSTMModel, Models
 
 logger = logging.getLogger(__name__)
 
 router = APIRouter()
 
-ERRORS = {
-    status.HTTP_422_UNPROCESSABLE_CONTENT: {"description": "invalid input, or a start word outside the vocabulary"},
-    status.HTTP_503_SERVICE_UNAVAILABLE: {"description": "the model behind this route is not loaded"},
+ERRORS: dict[int | str, dict] = {
+    status.HTTP_400_BAD_REQUEST: {"model": ErrorBody, "description": "the body cannot be parsed (e.g. not UTF-8)"},
+    status.HTTP_422_UNPROCESSABLE_CONTENT: {
+        "model": UnprocessableBody,
+        "description": "invalid input (a list of field errors), or a start word outside the vocabulary (a sentence)",
+    },
+    status.HTTP_503_SERVICE_UNAVAILABLE: {"model": ErrorBody, "description": "the route's model is not loaded"},
 }
 
 

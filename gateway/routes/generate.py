@@ -6,15 +6,14 @@ from fastapi import APIRouter, Request, Response, status
 
 from gateway.access import Caller, check_capacity, check_compute, rate_limit
 from gateway.deps import SettingsDep, StoreDep
-from gateway.schemas import DiffusionRequest, EBMRequest, ErrorBody, JobAccepted, new_seed
+from gateway.responses import AUTH, BODY, BUSY, REDIS_DOWN, invalid
+from gateway.schemas import DiffusionRequest, EBMRequest, JobAccepted, new_seed
 
 router = APIRouter(prefix="/generate", tags=["generate"])
 RESPONSES = {
-    401: {"model": ErrorBody, "description": "API keys are on and none (or an unknown one) was given"},
-    422: {"model": ErrorBody, "description": "a field is out of bounds, or num_images x steps over the limit"},
-    429: {"model": ErrorBody, "description": "the queue is full or the key's rate limit is reached (see Retry-After)"},
-    503: {"model": ErrorBody, "description": "Redis is unavailable"},
-}
+    **AUTH, **BODY, **BUSY, **REDIS_DOWN,
+    **invalid("a field is out of bounds (a list of field errors), or num_images x steps over the limit (a sentence)"),
+}  # fmt: skip
 
 
 def _accept(

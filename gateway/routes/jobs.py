@@ -8,12 +8,13 @@ from rq.job import Job
 from gateway.access import Caller
 from gateway.deps import RedisDep, StoreDep
 from gateway.jobs import JobConflictError, JobStore
-from gateway.schemas import CancelResponse, ErrorBody, JobStatus
+from gateway.responses import JOB_ROUTE, NOT_FINISHED, invalid
+from gateway.schemas import CancelResponse, JobStatus
 from shared.service.results import load_grid, load_image, load_preview
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
-NOT_FOUND = {404: {"model": ErrorBody, "description": "no such job (or its results expired)"}}
-PNG = {200: {"content": {"image/png": {}}, "description": "a PNG image"}}
+PNG = {200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}, "description": "PNG"}}
+BAD_INDEX = invalid("k is not an integer")
 
 
 def _owned(job: Job | None, job_id: str, who: str | None) -> Job:
@@ -27,7 +28,7 @@ def _job(store: JobStore, job_id: str, who: str | None) -> Job:
     return _owned(store.fetch(job_id), job_id, who)
 
 
-@router.get("/{job_id}", response_model=JobStatus, responses=NOT_FOUND)
+@router.get("/{job_id}", response_model=JobStatus, responses=JOB_ROUTE)
 def get_job(job_id: str, store: StoreDep, who: Caller, request: Request) -> JobStatus:
     """Status, progress, queue position, timestamps, parameters, error and result URLs of a job."""
     job, lookups = store.fetch_with_lookups(job_id) or (None, None)  # one Redis round trip for a poll
@@ -45,20 +46,20 @@ def _png(store: JobStore, job_id: str, who: str | None, data: bytes | None) -> R
 
 
 @router.get(
-    "/{job_id}/images/{k}.png", response_class=Response, responses={**PNG, **NOT_FOUND, 409: {"model": ErrorBody}}
+    "/{job_id}/images/{k}.png", response_class=Response, responses={**PNG, **JOB_ROUTE, **NOT_FINISHED, **BAD_INDEX}
 )
 def get_image(job_id: str, k: int, store: StoreDep, redis: RedisDep, who: Caller) -> Response:
     """Image k (0-based) of a finished job."""
     return _png(store, job_id, who, load_image(redis, job_id, k) if k >= 0 else None)
 
 
-@router.get("/{job_id}/grid.png", response_class=Response, responses={**PNG, **NOT_FOUND, 409: {"model": ErrorBody}})
+@router.get("/{job_id}/grid.png", response_class=Response, responses={**PNG, **JOB_ROUTE, **NOT_FINISHED})
 def get_grid(job_id: str, store: StoreDep, redis: RedisDep, who: Caller) -> Response:
     """All images of a finished job in one grid."""
     return _png(store, job_id, who, load_grid(redis, job_id))
 
 
-@router.get("/{job_id}/previews/{k}.png", response_class=Response, responses={**PNG, **NOT_FOUND})
+@router.get("/{job_id}/previews/{k}.png", response_class=Response, responses={**PNG, **JOB_ROUTE, **BAD_INDEX})
 def get_preview(job_id: str, k: int, redis: RedisDep, store: StoreDep, who: Caller) -> Response:
     """Intermediate grid k of a job that asked for previews; available while it runs, and after."""
     _job(store, job_id, who)
@@ -68,7 +69,7 @@ def get_preview(job_id: str, k: int, redis: RedisDep, store: StoreDep, who: Call
     return Response(content=data, media_type="image/png")
 
 
-@router.delete("/{job_id}", response_model=CancelResponse, responses={**NOT_FOUND, 409: {"model": ErrorBody}})
+@router.delete("/{job_id}", response_model=CancelResponse, responses={**JOB_ROUTE, **NOT_FINISHED})
 def cancel_job(job_id: str, store: StoreDep, who: Caller) -> CancelResponse:
     """A queued job never runs; a running job stops at its next step; a finished job answers 409."""
     job = _job(store, job_id, who)

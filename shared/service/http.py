@@ -1,7 +1,11 @@
-"""What every FastAPI app of the service shares: 422 answers that can always be encoded.
+"""What every FastAPI app of the service shares: error bodies as documented, 422 answers that can always be encoded.
 
 FastAPI's default handler echoes the offending input back; NaN, Infinity or a lone UTF-16 surrogate
 in it cannot be encoded as JSON, and the 422 turns into a 500. This handler makes the echo safe.
+
+Error bodies: `ErrorBody` (`detail` a sentence) for every error the routes raise themselves;
+`UnprocessableBody` for a 422, whose `detail` is a sentence (a check a route makes, such as the
+compute limit) or FastAPI's list of field errors (a body or parameter that fails its schema).
 """
 
 from __future__ import annotations
@@ -13,6 +17,27 @@ from fastapi import FastAPI, Request, status
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ErrorBody(BaseModel):
+    detail: str = Field(description="what went wrong, in a sentence")
+
+
+class FieldError(BaseModel):
+    """One entry of a 422's `detail` list (pydantic's error, as FastAPI reports it)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    loc: list[str | int] = Field(description='where: ["body", "num_images"], ["path", "k"], ...')
+    msg: str
+    type: str
+
+
+class UnprocessableBody(BaseModel):
+    detail: str | list[FieldError] = Field(
+        description="a sentence (a limit a route checks), or one entry per field that fails its schema"
+    )
 
 
 def json_safe(value: Any) -> Any:

@@ -108,6 +108,26 @@ def test_redis_down_is_503_and_health_stays_up() -> None:
         assert down.get("/health").json() == {"status": "ok"}
 
 
+def test_ready_reports_the_text_service_without_depending_on_it(client: TestClient) -> None:
+    down = client.get("/ready").json()  # nothing listens at the text service's URL here
+    assert down["text_service"]["status"] == "unavailable" and not any(down["text_service"]["routes"].values())
+    health = {"status": "degraded", "models": {"bigram": {"loaded": True, "detail": "ok"},
+                                               "lstm": {"loaded": False, "detail": "no weights"},
+                                               "embeddings": {"loaded": True, "detail": "ok"}}}  # fmt: skip
+    mock = httpx.AsyncClient(transport=httpx.MockTransport(lambda r: httpx.Response(200, json=health)), base_url="http://t")
+    client.app.dependency_overrides[get_text_client] = lambda: mock  # type: ignore[attr-defined]
+    try:
+        up = client.get("/ready")
+    finally:
+        client.app.dependency_overrides.pop(get_text_client)  # type: ignore[attr-defined]
+    assert up.json()["text_service"] == {
+        "status": "degraded", "detail": None,
+        "routes": {"/generate": True, "/generate_with_rnn": False, "/embed": True, "/similarity": True},
+    }  # fmt: skip
+    # the status code is the image side's alone (no worker listens here either way)
+    assert up.status_code == client.get("/ready").status_code == 503 and up.json()["redis"] is True
+
+
 def test_openapi_documents_every_route_with_a_response_model(client: TestClient) -> None:
     spec = client.get("/openapi.json").json()
     for path in ("/generate/diffusion", "/generate/ebm", "/jobs/{job_id}", "/models/info", "/ready"):
@@ -126,19 +146,23 @@ def test_the_gateway_does_not_import_torch() -> None:
 
 def test_proxy_passes_requests_and_answers_through(client: TestClient) -> None:
     seen: dict[str, object] = {}
+    answers = [httpx.Response(422, json={"detail": "unknown start word 'zzz'"}), httpx.Response(500, text="boom")]
 
     def upstream(request: httpx.Request) -> httpx.Response:
         seen["path"], seen["body"] = request.url.path, request.content
-        return httpx.Response(404, json={"detail": "unknown start word 'zzz'"})
+        return answers.pop(0)
 
     mock = httpx.AsyncClient(transport=httpx.MockTransport(upstream), base_url="http://text")
     client.app.dependency_overrides[get_text_client] = lambda: mock  # type: ignore[attr-defined]
     try:
         response = client.post("/generate", json={"start_word": "zzz", "length": 3})
+        undocumented = client.post("/generate", json={"start_word": "zzz", "length": 3})
     finally:
         client.app.dependency_overrides.pop(get_text_client)  # type: ignore[attr-defined]
     assert seen == {"path": "/generate", "body": b'{"start_word":"zzz","length":3}'}
-    assert response.status_code == 404 and response.json() == {"detail": "unknown start word 'zzz'"}
+    assert response.status_code == 422 and response.json() == {"detail": "unknown start word 'zzz'"}
+    # an answer the schema does not document (a 500, a body that is not JSON) becomes a 502 with a sentence
+    assert undocumented.status_code == 502 and "500" in undocumented.json()["detail"]
 
 
 def test_a_foreign_job_in_the_same_redis_is_described_not_a_500(client: TestClient, redis_url: str) -> None:

@@ -1,4 +1,7 @@
-"""Request and response bodies of the text routes, with the bounds that turn bad input into a 422."""
+"""Request and response bodies of the legacy text routes, with the bounds that turn bad input into a 422.
+
+Shared by the text service (which answers them) and the gateway (which validates, documents and proxies
+them), so neither service imports the other's code."""
 
 from __future__ import annotations
 
@@ -10,6 +13,13 @@ MAX_LENGTH = 500  # tokens generated per request
 MAX_TEXT_CHARS = 200  # start words and texts to embed
 MAX_TEMPERATURE = 5.0
 MAX_SEED = 2**63 - 1
+BIGRAM, LSTM, EMBEDDINGS = "bigram", "lstm", "embeddings"  # the models the text service loads
+ROUTE_MODELS = {  # each text route -> the model it needs (503 while that model is not loaded)
+    "/generate": BIGRAM,
+    "/generate_with_rnn": LSTM,
+    "/embed": EMBEDDINGS,
+    "/similarity": EMBEDDINGS,
+}
 
 
 class _Request(BaseModel):
