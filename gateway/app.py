@@ -11,12 +11,13 @@ from anyio import to_thread
 from fastapi import FastAPI, Request, status
 from fastapi.responses import JSONResponse
 from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
 from redis.exceptions import RedisError
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 
 from gateway.metrics import setup_metrics
 from gateway.middleware import BodyLimitMiddleware
-from gateway.routes import generate, jobs, legacy, system, ui
+from gateway.routes import events, generate, jobs, legacy, system, ui
 from gateway.settings import GatewaySettings, get_settings
 from shared.service.http import install_validation_handler
 
@@ -29,12 +30,18 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.redis = Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=2)
+        # for the event streams: XREAD blocks up to a heartbeat on a connection of its own, no thread held
+        app.state.aredis = AsyncRedis.from_url(
+            settings.redis_url, socket_timeout=settings.sse_heartbeat_seconds + 5, socket_connect_timeout=2,
+            max_connections=settings.sse_max_streams_per_process + 16,
+        )  # fmt: skip
         app.state.text_client = httpx.AsyncClient(
             base_url=settings.text_service_url, timeout=settings.text_service_timeout
         )
         to_thread.current_default_thread_limiter().total_tokens = settings.threads
         yield
         await app.state.text_client.aclose()
+        await app.state.aredis.aclose()
         app.state.redis.close()
 
     app = FastAPI(
@@ -44,7 +51,8 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
-    for module in (generate, jobs, system, legacy):
+    app.state.open_streams = 0  # event streams open in this process (gateway/routes/events.py)
+    for module in (generate, jobs, events, system, legacy):
         app.include_router(module.router)
     ui.mount(app)
     setup_metrics(app)

@@ -1,5 +1,8 @@
 """A command-line client: submit a job, follow its progress with a bar, save the PNGs.
 
+It follows the job's server-sent events (GET /jobs/{id}/events), reconnecting with Last-Event-ID when
+the stream drops, and polls GET /jobs/{id} instead when the stream cannot be had (e.g. a 429).
+
 python -m gateway.client diffusion --n 8 --steps 1000 --out out/grid.png
 python -m gateway.client diffusion --n 4 --steps 50 --class-label cat --guidance-scale 3
 python -m gateway.client ebm --n 8 --class-label ship --url http://gpu-box:8000
@@ -8,10 +11,11 @@ python -m gateway.client ebm --n 8 --class-label ship --url http://gpu-box:8000
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +23,7 @@ import httpx
 from tqdm import tqdm
 
 TERMINAL = ("finished", "failed", "canceled")
+RECONNECTS = 3  # times a dropped event stream is resumed before the client polls instead
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--guidance-scale", type=float, default=None, help="diffusion only")
     p.add_argument("--out", type=Path, default=Path("out/grid.png"), help="grid PNG; images go next to it")
-    p.add_argument("--poll", type=float, default=0.5, help="seconds between status requests")
+    p.add_argument("--poll", type=float, default=0.5, help="seconds between status requests (when polling)")
+    p.add_argument("--no-events", action="store_true", help="poll instead of following the event stream")
     p.add_argument("--api-key", default=os.environ.get("GENSERVICE_API_KEY"), help="when the gateway wants one")
     return p
 
@@ -46,11 +52,51 @@ def request_body(args: argparse.Namespace) -> dict[str, Any]:
     return body
 
 
-def follow(client: httpx.Client, status_url: str, poll: float) -> dict[str, Any]:
-    """Poll until the job ends, with a bar over its steps; returns the last status."""
+def sse_frames(lines: Iterator[str]) -> Iterator[dict[str, str]]:
+    """Server-sent event frames (field -> value) from a response's lines; comment lines skipped."""
+    fields: dict[str, str] = {}
+    for line in lines:
+        if line == "":
+            if "event" in fields or "data" in fields:
+                yield fields
+            fields = {}
+        elif not line.startswith(":"):
+            name, _, value = line.partition(":")
+            fields[name] = value.removeprefix(" ")
+
+
+def follow_events(
+    client: httpx.Client, status_url: str, show: Callable[[dict[str, Any]], None]
+) -> dict[str, Any] | None:
+    """The job's last status, from its event stream; None when the stream cannot be had (then poll)."""
+    last_id: str | None = None
+    for _ in range(1 + RECONNECTS):
+        headers = {"Last-Event-ID": last_id} if last_id else {}
+        try:
+            with client.stream("GET", f"{status_url}/events", headers=headers, timeout=httpx.Timeout(30, read=90)) as r:
+                if r.status_code != 200:
+                    return None
+                for frame in sse_frames(r.iter_lines()):
+                    last_id = frame.get("id", last_id)
+                    if frame.get("event") == "gone":
+                        return None  # expired: polling says so with its 404
+                    status = json.loads(frame["data"])
+                    show(status)
+                    if frame.get("event") == "end" or status["status"] in TERMINAL:
+                        return status
+        except (httpx.HTTPError, ValueError, KeyError):
+            pass  # dropped or garbled: resume after the last event seen
+    return None
+
+
+def follow(client: httpx.Client, status_url: str, poll: float, events: bool = True) -> dict[str, Any]:
+    """Follow the job until it ends, with a bar over its steps; returns the last status.
+
+    Server-sent events when `events` and the gateway offers them; otherwise (or when the stream fails)
+    a GET every `poll` seconds."""
     with tqdm(desc="queued", unit="step") as bar:
-        while True:
-            status = client.get(status_url).raise_for_status().json()
+
+        def show(status: dict[str, Any]) -> None:
             progress = status.get("progress")
             if status["status"] == "queued":
                 bar.set_description(f"queued (position {status.get('queue_position')})")
@@ -59,6 +105,14 @@ def follow(client: httpx.Client, status_url: str, poll: float) -> dict[str, Any]
                 bar.total = progress["total"]
                 bar.n = progress["step"]
                 bar.refresh()
+
+        if events:
+            final = follow_events(client, status_url, show)
+            if final is not None:
+                return final
+        while True:
+            status = client.get(status_url).raise_for_status().json()
+            show(status)
             if status["status"] in TERMINAL:
                 return status
             time.sleep(poll)
@@ -74,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         accepted = response.json()
         try:
-            status = follow(client, accepted["status_url"], args.poll)
+            status = follow(client, accepted["status_url"], args.poll, events=not args.no_events)
         except KeyboardInterrupt:
             client.delete(f"/jobs/{accepted['job_id']}")
             print(f"canceled job {accepted['job_id']}", file=sys.stderr)

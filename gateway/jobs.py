@@ -22,6 +22,7 @@ from rq.serializers import JSONSerializer
 
 from gateway.schemas import JobResults, JobState, JobStatus, Preview, Progress, QueueInfo
 from shared.service import keys
+from shared.service.events import publish_job_event
 from shared.service.results import parse_previews
 from shared.service.settings import QueueSettings
 
@@ -226,6 +227,7 @@ class JobStore:
         self.redis.set(keys.cancel_flag(job.id), 1, ex=ttl)
         if state == "queued":
             self._cancel_queued(job)
+            publish_job_event(job, "canceled", left_queue=True)  # the job's stream, and the queue's: positions moved
             return "canceled"
         return "canceling"
 

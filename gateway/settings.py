@@ -42,6 +42,18 @@ class GatewaySettings(QueueSettings):
         default_factory=list, description="comma-separated keys; empty: the API is open"
     )
     rate_limit_per_minute: int = Field(0, ge=0, description="generation requests per key and minute; 0: no limit")
+    # server-sent events (GET /jobs/{id}/events)
+    sse_heartbeat_seconds: float = Field(
+        15.0, gt=0, le=300, description="a comment line this often on a quiet stream (keeps proxies from closing it); "
+        "the job is re-read then too"
+    )
+    sse_max_seconds: int = Field(
+        3600, ge=1, description="an open stream closes after this long (the client reconnects with Last-Event-ID)"
+    )
+    sse_max_streams_per_key: int = Field(
+        8, ge=1, description="open event streams per API key (per client address when keys are off), all replicas"
+    )
+    sse_max_streams_per_process: int = Field(256, ge=1, description="open event streams per gateway process")
 
     @field_validator("api_keys", mode="before")
     @classmethod

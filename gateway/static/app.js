@@ -1,5 +1,7 @@
-// The page's logic: submit a job, poll it, draw progress, the trajectory and the images.
+// The page's logic: submit a job, follow it, draw progress, the trajectory and the images.
 // Plain JavaScript against the public API (POST /generate/{model}, GET/DELETE /jobs/{id}, /models/info).
+// A job is followed through its server-sent events (GET /jobs/{id}/events), read with fetch so the API
+// key header goes along (EventSource cannot send one); where the stream fails the page polls instead.
 "use strict";
 
 const CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"];
@@ -7,10 +9,11 @@ const RECENT_KEY = "genservice.recent";
 const APIKEY_KEY = "genservice.apiKey";
 const RECENT_MAX = 20;
 const POLL_MS = 400;
+const STREAM_RECONNECTS = 3;  // a dropped event stream is resumed (Last-Event-ID) this often, then the page polls
 const FINAL = ["finished", "failed", "canceled"];
 
 const $ = (id) => document.getElementById(id);
-const state = { job: null, timer: null, shownPreviews: 0, shownResults: false, defaults: {} };
+const state = { job: null, timer: null, stream: null, shownPreviews: 0, shownResults: false, defaults: {} };
 
 // ---- API -------------------------------------------------------------------------------------
 
@@ -154,6 +157,7 @@ function fillForm(model_, params) {
 
 function openJob(id, model_) {
   clearTimeout(state.timer);
+  if (state.stream) state.stream.abort();
   state.job = { id, model: model_, params: null };
   state.shownPreviews = 0;
   state.shownResults = false;
@@ -169,7 +173,58 @@ function openJob(id, model_) {
   $("progress-text").textContent = "waiting";
   $("queue-position").textContent = "";
   $("cancel").disabled = false;
-  poll();
+  follow(state.job);
+}
+
+// One server-sent event ("id: ...\nevent: ...\ndata: ...") as an object; null for comments.
+function parseEvent(block) {
+  const event = {};
+  for (const line of block.split("\n")) {
+    if (!line || line.startsWith(":")) continue;
+    const cut = line.indexOf(":");
+    const name = cut < 0 ? line : line.slice(0, cut);
+    event[name] = cut < 0 ? "" : line.slice(cut + 1).replace(/^ /, "");
+  }
+  return event.data === undefined ? null : event;
+}
+
+async function follow(job) {
+  const controller = new AbortController();
+  state.stream = controller;
+  let lastId = null;
+  try {
+    for (let attempt = 0; attempt <= STREAM_RECONNECTS; attempt++) {
+      try {
+        const response = await fetch(`jobs/${job.id}/events`,
+          { headers: headers(lastId ? { "Last-Event-ID": lastId } : {}), signal: controller.signal });
+        if (!response.ok || !response.body) break;  // e.g. 429: too many streams; poll instead
+        const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+        let buffer = "";
+        for (;;) {
+          const { value, done } = await reader.read();
+          if (done) break;  // dropped: resume after the last event seen
+          buffer += value.replace(/\r\n?/g, "\n");
+          let cut;
+          while ((cut = buffer.indexOf("\n\n")) >= 0) {
+            const event = parseEvent(buffer.slice(0, cut));
+            buffer = buffer.slice(cut + 2);
+            if (!event || state.job !== job) continue;
+            if (event.id) lastId = event.id;
+            if (event.event === "gone") { controller.abort(); poll(); return; }  // the poll shows "expired"
+            const status = JSON.parse(event.data);
+            render(status);
+            if (event.event === "end" || FINAL.includes(status.status)) { controller.abort(); return; }
+          }
+        }
+      } catch (error) {
+        if (controller.signal.aborted) return;
+      }
+      if (state.job !== job) return;
+    }
+  } finally {
+    if (state.stream === controller) state.stream = null;
+  }
+  if (state.job === job) poll();
 }
 
 async function poll() {
@@ -275,8 +330,10 @@ async function cancel() {
   try {
     const answer = await api("DELETE", `jobs/${state.job.id}`);
     $("job-status").textContent = answer.status;
-    clearTimeout(state.timer);
-    poll();
+    if (!state.stream) {  // the event stream, when open, brings the change itself
+      clearTimeout(state.timer);
+      poll();
+    }
   } catch (error) {
     $("job-error").textContent = error.message;
     $("job-error").hidden = false;

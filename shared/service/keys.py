@@ -29,3 +29,19 @@ def cancel_flag(job_id: str) -> str:
 
 def model_info(model: str) -> str:
     return f"{PREFIX}:model:{model}"
+
+
+def job_events(job_id: str) -> str:
+    """Stream: what changed in a job (started, progress, preview, finished, ...), as the worker and gateway
+    publish it; it expires with the job. Read by the gateway's `GET /jobs/{id}/events`."""
+    return f"{PREFIX}:events:{job_id}"
+
+
+def queue_events(queue: str) -> str:
+    """Stream: a job left the queue (started or canceled), so the positions of the others moved."""
+    return f"{PREFIX}:events:queue:{queue}"
+
+
+def event_streams(owner: str) -> str:
+    """Sorted set: the open event streams of one API key (member: a stream's token, score: when it lapses)."""
+    return f"{PREFIX}:sse:{owner}"

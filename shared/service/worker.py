@@ -36,6 +36,7 @@ from rq.worker import WorkerStatus
 from shared.images import grid_image, png_bytes, to_pil
 from shared.service import keys
 from shared.service.batching import JobModel, Plan, claim_compatible, combine, request_of, slices
+from shared.service.events import publish_job_event
 from shared.service.logs import configure_logging, job_context
 from shared.service.metrics import publish_worker, record_job
 from shared.service.previews import PreviewRecorder
@@ -135,6 +136,20 @@ class ModelWorker(SimpleWorker):
         else:
             self._finalize_success(job, queue, execution, outcome)
 
+    def handle_job_success(self, job: Job, queue: Queue, started_job_registry: Any, execution: Execution) -> None:
+        """RQ's bookkeeping, then the job's final event (after the status is stored, so readers see it)."""
+        super().handle_job_success(job, queue, started_job_registry, execution)
+        publish_job_event(job, "canceled" if job.meta.get("canceled") else "finished")
+
+    def handle_job_failure(
+        self, job: Job, queue: Queue, started_job_registry: Any = None, exc_string: str = "",
+        execution: Execution | None = None,
+    ) -> None:  # fmt: skip
+        """RQ's bookkeeping (a retry requeues the job), then the job's event."""
+        retried = job.should_retry and self._stopped_job_id != job.id
+        super().handle_job_failure(job, queue, started_job_registry, exc_string, execution)
+        publish_job_event(job, "requeued" if retried else "failed")
+
     def beat(self, job: Job) -> None:
         """Refresh this worker's, the job's and the started-registry entry's expiry."""
         for execution in list(self.executions.values()):
@@ -173,13 +188,17 @@ class ProgressReporter:
         if self.redis.exists(keys.cancel_flag(self.job.id)):
             raise JobCanceledError(f"job {self.job.id} canceled at step {step}")
         if self.previews is not None and preview is not None:
+            stored = self.previews.stored
             self.previews(step, total, preview)  # preview: this job's images only, [-1, 1], (N, C, H, W)
+            if self.previews.stored > stored:
+                publish_job_event(self.job, "preview", index=stored, step=step)
         now = time.monotonic()
         if now - self.last >= self.interval or step == total:
             speed = (step - self.last_step) / (now - self.last) if self.last and now > self.last else None
             self.last, self.last_step = now, step
             self.job.meta["progress"] = {"step": step, "total": total, "fraction": round(step / total, 4)}
             self.job.save_meta()
+            publish_job_event(self.job, "progress", step=step, total=total)
             if self.worker is not None:
                 self.worker.beat(self.job)
                 self.worker.publish(self.job.id, speed)
@@ -216,6 +235,7 @@ class BatchProgress:
                 self.canceled.add(k)
                 reporter.job.meta["canceled"] = True  # the API says "canceled" now, not when the run ends
                 reporter.job.save_meta()
+                publish_job_event(reporter.job, "canceled")
                 logger.info("job %s canceled at step %d", reporter.job.id, step)
         if len(self.canceled) == len(self.reporters):
             raise JobCanceledError(f"all {len(self.reporters)} jobs of the run canceled at step {step}")
@@ -269,6 +289,7 @@ def run_plans(batch: list[tuple[Job, Plan]], new_attempt: bool = True) -> list[d
             job.meta["attempts"] = int(job.meta.get("attempts", 0)) + 1
         job.meta["batch_size"] = len(batch)  # jobs in this run (saved with the first progress)
         logger.info("job %s: attempt %d starts (a run of %d jobs)", job.id, job.meta["attempts"], len(batch))
+        publish_job_event(job, "started", left_queue=True, attempt=job.meta["attempts"])
     progress = BatchProgress([ProgressReporter(job, worker) for job in jobs])
     started = time.perf_counter()
     images: torch.Tensor | None = None
