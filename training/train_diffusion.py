@@ -4,10 +4,15 @@
     python -m training.train_diffusion --epochs 1 --max-minutes 2 --data ../shared/data/cifar10-jpeg.tar.gz
     python -m training.train_diffusion --resume runs/diffusion          # continue a run exactly
     python -m training.train_diffusion --resume models/diffusion        # warm start from shipped weights
+    python -m training.continue_diffusion --max-minutes 120             # the standing run (make train-continue)
 
-Each step: random flip (in the data loader), t ~ U[0, T), the eps-prediction loss (optionally min-SNR
-weighted), AdamW with linear warm-up, gradient clipping, and an EMA of the weights; the EMA weights
-are what ships. Labels are dropped to the null label with probability --label-dropout so the same
+Each step: random flip (in the data loader), a noise level (t ~ U[0, T), or EDM's log-normal sigma),
+the regression loss of the chosen prediction (eps, v or EDM-preconditioned, shared/diffusion/parameterization.py;
+optionally min-SNR weighted), AdamW with linear warm-up, gradient clipping, and an EMA of the weights
+(fixed decay, or EDM's half-life rule); the EMA weights are what ships. With --probe-every-minutes the
+run scores its EMA weights on fixed seeds at intervals (training/quality.py), appends each score to
+--history, and with --export-if-better exports only weights that beat the shipped ones.
+Labels are dropped to the null label with probability --label-dropout so the same
 weights sample unconditionally and with classifier-free guidance (Ho & Salimans 2022, Sec. 3.2).
 """
 
@@ -15,9 +20,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import math
 import shutil
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -31,7 +38,7 @@ from tqdm import tqdm
 
 from shared.device import autocast, pick_device, resolve_precision
 from shared.diffusion.pipeline import DiffusionPipeline, SampleParams
-from shared.diffusion.process import DiffusionConfig, EpsModel, GaussianDiffusion
+from shared.diffusion.process import DiffusionConfig, GaussianDiffusion, NetworkFn
 from shared.diffusion.unet import UNet, UNetConfig
 from shared.images import grid_image, to_uint8
 from shared.weights import count_parameters
@@ -41,6 +48,7 @@ from training.common import (
     Budget,
     DivergenceError,
     RunConfig,
+    StopSignalError,
     add_dataclass_arguments,
     all_finite,
     configure_logging,
@@ -55,9 +63,11 @@ from training.common import (
     save_checkpoint,
     set_rng_state,
     steps_in_an_epoch,
+    stop_on_signals,
     warmup_lambda,
 )
 from training.data import ImageDataset
+from training.quality import ProbeSpec, QualityProbe, append_history, beats, comparable, hardware
 
 logger = logging.getLogger(__name__)
 
@@ -73,11 +83,14 @@ class TrainConfig(RunConfig):
     warmup_steps: int = 1000
     grad_clip: float = 1.0
     ema_decay: float = 0.9999
+    ema_halflife_ratio: float = 0.0
+    ema_halflife_images: int = 500_000
     label_dropout: float = 0.1
     min_snr_gamma: float = 5.0
     # process and network (ignored when resuming: the checkpoint or weights fix them)
     schedule: str = DiffusionConfig.schedule.value
     num_timesteps: int = DiffusionConfig.num_timesteps
+    prediction: str = DiffusionConfig.prediction.value
     base_channels: int = UNetConfig.base_channels
     channel_mult: tuple[int, ...] = UNetConfig.channel_mult
     num_res_blocks: int = UNetConfig.num_res_blocks
@@ -88,10 +101,24 @@ class TrainConfig(RunConfig):
     unconditional: bool = False
     # hardware
     precision: str = "auto"
+    threads: int | None = None
     channels_last: bool = True
     compile: bool = False
     # bookkeeping
     checkpoint_every: int = 1000
+    checkpoint_minutes: float = 5.0
+    snapshot_minutes: tuple[int, ...] = ()
+    max_core_minutes: float | None = None
+    # quality probes (training/quality.py)
+    probe_every_minutes: float | None = None
+    probe_n: int = ProbeSpec.n
+    probe_sampler: str = ProbeSpec.sampler
+    probe_steps: int = ProbeSpec.steps
+    probe_guidance: float = ProbeSpec.guidance_scale
+    classifier: str = str(REPO_ROOT / "models" / "classifier")
+    history: str | None = None
+    run_name: str = ""
+    export_if_better: bool = False
     sample_every: int = 5000
     sample_images: int = 20
     sample_steps: int = 50
@@ -104,6 +131,18 @@ HELP = {
     "channel_mult": "width multiplier per resolution level",
     "attention_resolutions": "resolutions with self-attention",
     "sample_every": "steps between sample grids (DDIM, fixed seeds)",
+    "prediction": "what the network predicts: eps, v (Salimans & Ho 2022) or edm (Karras et al. 2022 preconditioning)",
+    "ema_halflife_ratio": "EMA half-life as a share of the images seen (EDM: 0.05); 0 uses --ema-decay",
+    "ema_halflife_images": "cap of the EMA half-life in images (EDM: 500k)",
+    "threads": "torch CPU threads (default: torch's choice)",
+    "checkpoint_minutes": "also checkpoint whenever this much wall time passed since the last one",
+    "snapshot_minutes": "export the EMA weights to <out>/snapshots/min_NNN at these core-minutes of training compute",
+    "max_core_minutes": "stop after this much training compute (CPU core-minutes, probes excluded)",
+    "probe_every_minutes": "score the EMA weights on fixed seeds every this many core-minutes of training",
+    "probe_n": "images per probe (seeds 0..N-1, label i %% 10)",
+    "history": "JSON-lines file each probe is appended to (models/diffusion/history.jsonl for the standing run)",
+    "run_name": "the run's name in the history file",
+    "export_if_better": "export only EMA weights whose probe beats the shipped model's (same probe)",
 }
 
 
@@ -116,6 +155,16 @@ class TrainState:
     diffusion: GaussianDiffusion
     step: int = 0
     history: dict[str, Any] = field(default_factory=dict)  # totals carried across warm starts
+    core_seconds: float = 0.0  # this run's training compute in CPU core-seconds (process time), probes excluded
+
+    @property
+    def images_seen(self) -> int:
+        """Images this run has trained on, across resumes (older checkpoints: steps x batch size)."""
+        return int(self.history.get("images_seen", self.step * int(self.history.get("batch_size", 0) or 0)))
+
+    @property
+    def images_seen_total(self) -> int:
+        return self.images_seen + int(self.history.get("images_seen_before", 0))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -150,13 +199,18 @@ def init_state(cfg: TrainConfig, dataset: ImageDataset, device: torch.device) ->
         unet_config, diffusion_config = warm.config, warm.diffusion.config
     else:
         unet_config = network_config(cfg, dataset.classes, dataset.images.shape[-1])
-        diffusion_config = DiffusionConfig(schedule=cfg.schedule, num_timesteps=cfg.num_timesteps)  # type: ignore[arg-type]
+        diffusion_config = DiffusionConfig(
+            schedule=cfg.schedule,  # type: ignore[arg-type]
+            num_timesteps=cfg.num_timesteps,
+            prediction=cfg.prediction,  # type: ignore[arg-type]
+        )
 
     unet = UNet(unet_config)
     if warm is not None:
         unet.load_state_dict(warm.unet.state_dict())
     unet.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
-    ema = make_ema(unet, cfg.ema_decay)
+    halflife = (cfg.batch_size, cfg.ema_halflife_ratio, cfg.ema_halflife_images) if cfg.ema_halflife_ratio > 0 else None
+    ema = make_ema(unet, cfg.ema_decay, halflife)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_lambda(cfg.warmup_steps))
     state = TrainState(unet, ema, optimizer, scheduler, GaussianDiffusion(diffusion_config).to(device))
@@ -173,12 +227,16 @@ def init_state(cfg: TrainConfig, dataset: ImageDataset, device: torch.device) ->
         ema.module.load_state_dict(warm.unet.state_dict())
         previous = warm.card.get("training", {})
         # Continue the average instead of restarting its warm-up: the shipped weights already are one.
-        ema.n_averaged.fill_(max(1, int(previous.get("steps", 0))))
+        # (in steps of this run's batch size, which is what both EMA rules count in)
+        ema.n_averaged.fill_(max(1, int(previous.get("images_seen_total", 0)) // cfg.batch_size))
         state.history = {
             "images_seen_before": previous.get("images_seen_total", 0),
+            "wall_minutes_before": previous.get("wall_minutes_total", previous.get("wall_minutes_this_run", 0)),
             "warm_started_from": warm.card.get("sha256", ""),
         }
         logger.info("warm start from %s (%s images seen before)", cfg.resume, state.history["images_seen_before"])
+    state.history.setdefault("batch_size", cfg.batch_size)
+    state.history["images_seen"] = state.images_seen  # counted per step from here on (the batch size may change)
     if unet_config.num_classes is not None and len(dataset.classes) != unet_config.num_classes:
         raise ValueError(f"the data has {len(dataset.classes)} classes, the network {unet_config.num_classes}")
     if dataset.images.shape[-1] != unet_config.image_size:
@@ -214,20 +272,23 @@ def sample_grid(state: TrainState, cfg: TrainConfig, path: Path) -> Path:
 
 
 def summary(state: TrainState, cfg: TrainConfig, steps_per_epoch: int, loss: float, seconds: float) -> dict[str, Any]:
-    images = state.step * cfg.batch_size
     return {
         "steps": state.step,
-        "epochs": round(state.step / steps_per_epoch, 3),
-        "images_seen": images,
-        "images_seen_total": images + state.history.get("images_seen_before", 0),
+        "epochs": round(state.images_seen / (steps_per_epoch * cfg.batch_size), 3),
+        "images_seen": state.images_seen,
+        "images_seen_total": state.images_seen_total,
         "warm_started_from": state.history.get("warm_started_from"),
         "final_loss_ema": round(loss, 5),
         "wall_minutes_this_run": round(seconds / 60, 2),
+        "wall_minutes_total": round(float(state.history.get("wall_minutes_before", 0)) + seconds / 60, 2),
+        "hardware": hardware(),
         "batch_size": cfg.batch_size,
         "lr": cfg.lr,
+        "prediction": state.diffusion.prediction.value,
         "min_snr_gamma": cfg.min_snr_gamma,
         "label_dropout": cfg.label_dropout,
         "ema_decay": cfg.ema_decay,
+        "ema_halflife_ratio": cfg.ema_halflife_ratio,
         "data": Path(cfg.data).name,
         "device": str(state.diffusion.betas.device),
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -243,11 +304,11 @@ def drop_labels(labels: torch.Tensor, null_label: int | None, p: float) -> torch
 
 
 def train_step(
-    state: TrainState, eps_model: EpsModel, x0: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig
+    state: TrainState, network: NetworkFn, x0: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig
 ) -> float:
     """One optimiser step on one batch; returns the loss."""
     y = drop_labels(labels, state.unet.config.null_label, cfg.label_dropout)
-    loss = state.diffusion.training_loss(eps_model, x0, y, min_snr_gamma=cfg.min_snr_gamma or None)
+    loss = state.diffusion.training_loss(network, x0, y, min_snr_gamma=cfg.min_snr_gamma or None)
     state.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     nn.utils.clip_grad_norm_(state.unet.parameters(), cfg.grad_clip)
@@ -255,13 +316,94 @@ def train_step(
     state.scheduler.step()
     state.ema.update_parameters(state.unet)
     state.step += 1
+    state.history["images_seen"] = state.images_seen + x0.shape[0]
     return loss.item()
+
+
+class Prober:
+    """Scores the EMA weights every `probe_every_minutes` of training time; exports those that beat the shipped ones."""
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        spec = ProbeSpec(
+            n=cfg.probe_n, sampler=cfg.probe_sampler, steps=cfg.probe_steps, guidance_scale=cfg.probe_guidance
+        )
+        self.cfg, self.probe = cfg, QualityProbe(spec, cfg.classifier, cfg.data, cfg.data_cache)
+        self.interval = 60.0 * (cfg.probe_every_minutes or 0.0)
+        self.last_at = 0.0
+        self._shipped: dict[str, Any] | None = None
+        self._shipped_known = False
+
+    def due(self, train_seconds: float) -> bool:
+        return self.interval > 0 and train_seconds - self.last_at >= self.interval
+
+    def shipped(self) -> dict[str, Any] | None:
+        """The shipped model's score under this probe: from its card, else measured once (None: nothing shipped)."""
+        if self._shipped_known:
+            return self._shipped
+        card_path = Path(self.cfg.export) / "config.json"
+        if card_path.is_file():
+            quality = json.loads(card_path.read_text()).get("training", {}).get("quality")
+            ours = {"probe": self.probe.spec.to_dict(), "classifier_sha256": self.probe.classifier_sha256[:12]}
+            if quality and comparable(quality, ours):
+                self._shipped = quality
+            else:
+                logger.info(
+                    "probing the shipped weights in %s once (no score for this probe in its card)", self.cfg.export
+                )
+                self._shipped = self.probe.score(DiffusionPipeline.from_pretrained(self.cfg.export, device="cpu"))
+            logger.info("shipped: FID %.2f, class agreement %s", self._shipped["fid"], self._shipped["class_agreement"])
+        self._shipped_known = True
+        return self._shipped
+
+    def __call__(self, state: TrainState, summary_now: dict[str, Any]) -> dict[str, Any]:
+        """Probe now; append the row to the history; export when it beats the shipped model (and told to)."""
+        self.last_at = state.core_seconds
+        shipped = self.shipped() if self.cfg.export_if_better else None
+        pipeline = DiffusionPipeline(state.ema.module, state.diffusion)  # type: ignore[arg-type]
+        quality = self.probe.score(pipeline)
+        state.unet.train()
+        better = beats(quality, shipped)
+        exported = bool(self.cfg.export_if_better and better)
+        row = {
+            "run": self.cfg.run_name or Path(self.cfg.out).name,
+            "images_seen_total": summary_now["images_seen_total"],
+            "core_minutes": round(state.core_seconds / 60, 2),
+            "wall_minutes_total": summary_now["wall_minutes_total"],
+            "hardware": summary_now["hardware"],
+            "step": state.step,
+            **quality,
+            "exported": exported,
+        }
+        if self.cfg.history:
+            append_history(self.cfg.history, row)
+        logger.info(
+            "probe at %d images: FID %.2f, class agreement %s (shipped: %s)%s",
+            row["images_seen_total"], quality["fid"], quality["class_agreement"],
+            "none" if shipped is None else f"{shipped['fid']:.2f} / {shipped['class_agreement']}",
+            "; exporting" if exported else "",
+        )  # fmt: skip
+        if exported:
+            export(state, self.cfg, {**summary_now, "quality": quality})
+            self._shipped = quality
+        return row
+
+
+def export(state: TrainState, cfg: TrainConfig, result: dict[str, Any], directory: str | Path | None = None) -> Path:
+    """The EMA weights (fp16) and card to `directory` (default --export), with a DDIM sample grid."""
+    pipeline = DiffusionPipeline(state.ema.module, state.diffusion)  # type: ignore[arg-type]
+    out = pipeline.save_pretrained(directory or cfg.export, training=result)
+    sample_grid(state, cfg, out / "samples.png")
+    state.unet.train()
+    logger.info("exported EMA weights to %s", out)
+    return out
 
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Run the training loop; returns the summary written into the exported model card."""
     device = pick_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -270,6 +412,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     state = init_state(cfg, dataset, device)
     model: nn.Module = torch.compile(state.unet) if cfg.compile else state.unet
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    prober = Prober(cfg) if cfg.probe_every_minutes else None
 
     steps_per_epoch = steps_in_an_epoch(dataset, cfg.batch_size)
     total_steps = cfg.epochs * steps_per_epoch
@@ -277,42 +420,64 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         total_steps = min(total_steps, cfg.max_steps)
     out = Path(cfg.out)
     logger.info(
-        "training %d parameters on %s (%s), %d images, %d steps/epoch, up to step %d",
+        "training %d parameters (%s prediction) on %s (%s, %d threads), %d images, %d steps/epoch, up to step %d",
         count_parameters(state.unet),
+        state.diffusion.prediction.value,
         device,
         precision.value,
+        torch.get_num_threads(),
         len(dataset),
         steps_per_epoch,
         total_steps,
     )
 
-    def eps_model(x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+    def network(x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         with autocast(device, precision):
             return model(x.contiguous(memory_format=memory_format), t, y)
 
     budget, loss_ema, reason = Budget(cfg.max_minutes), math.nan, "finished"
+    snapshots = sorted(cfg.snapshot_minutes)
+    last_checkpoint = budget.elapsed
     bar = tqdm(total=total_steps, initial=state.step, desc="diffusion", unit="step", dynamic_ncols=True)
     state.unet.train()
+    interrupted = False
     try:
-        for x0, labels in epochs_of_batches(dataset, cfg.batch_size, cfg.seed, device, lambda: state.step):
-            if state.step >= total_steps:
-                break
-            value = train_step(state, eps_model, x0, labels, cfg)
-            if not math.isfinite(value):
-                raise DivergenceError(f"the loss is {value} at step {state.step}")
-            loss_ema = value if math.isnan(loss_ema) else 0.98 * loss_ema + 0.02 * value
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss_ema:.4f}", img_s=f"{(bar.format_dict['rate'] or 0) * cfg.batch_size:.0f}")
-            if state.step % cfg.checkpoint_every == 0:
-                save_checkpoint(out, checkpoint_state(state, cfg))
-            if state.step % cfg.sample_every == 0:
-                sample_grid(state, cfg, out / "samples" / f"step_{state.step:07d}.png")
-                state.unet.train()
-            if budget.exhausted():
-                reason = f"time budget of {cfg.max_minutes} minutes reached"
-                break
-    except KeyboardInterrupt:
-        reason = "interrupted"
+        with stop_on_signals():
+            step_start = time.process_time()
+            for x0, labels in epochs_of_batches(dataset, cfg.batch_size, cfg.seed, device, lambda: state.step):
+                if state.step >= total_steps:
+                    break
+                value = train_step(state, network, x0, labels, cfg)
+                state.core_seconds += time.process_time() - step_start
+                if not math.isfinite(value):
+                    raise DivergenceError(f"the loss is {value} at step {state.step}")
+                loss_ema = value if math.isnan(loss_ema) else 0.98 * loss_ema + 0.02 * value
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss_ema:.4f}", img_s=f"{(bar.format_dict['rate'] or 0) * cfg.batch_size:.0f}")
+                if (
+                    state.step % cfg.checkpoint_every == 0
+                    or budget.elapsed - last_checkpoint >= 60 * cfg.checkpoint_minutes
+                ):
+                    save_checkpoint(out, checkpoint_state(state, cfg))
+                    last_checkpoint = budget.elapsed
+                if state.step % cfg.sample_every == 0:
+                    sample_grid(state, cfg, out / "samples" / f"step_{state.step:07d}.png")
+                    state.unet.train()
+                while snapshots and state.core_seconds >= 60 * snapshots[0]:
+                    minute = snapshots.pop(0)
+                    now = summary(state, cfg, steps_per_epoch, loss_ema, budget.elapsed)
+                    export(state, cfg, {**now, "core_minutes": minute}, out / "snapshots" / f"min_{minute:03d}")
+                if prober is not None and prober.due(state.core_seconds):
+                    prober(state, summary(state, cfg, steps_per_epoch, loss_ema, budget.elapsed))
+                if budget.exhausted():
+                    reason = f"time budget of {cfg.max_minutes} minutes reached"
+                    break
+                if cfg.max_core_minutes is not None and state.core_seconds >= 60 * cfg.max_core_minutes:
+                    reason = f"compute budget of {cfg.max_core_minutes} core-minutes reached"
+                    break
+                step_start = time.process_time()
+    except (KeyboardInterrupt, StopSignalError) as exc:
+        reason, interrupted = f"interrupted ({exc or 'KeyboardInterrupt'})", True
     finally:
         bar.close()
 
@@ -320,8 +485,14 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     if not all_finite(state.ema.module):
         raise DivergenceError(f"the EMA weights hold non-finite values at step {state.step}")
     save_checkpoint(out, checkpoint_state(state, cfg))
-    grid = sample_grid(state, cfg, out / "samples" / f"step_{state.step:07d}.png")
     result = summary(state, cfg, steps_per_epoch, loss_ema, budget.elapsed)
+    if cfg.export_if_better:
+        # Only a probe decides; a stop signal means "stop now", so it skips the final probe.
+        due = prober is not None and not interrupted and state.core_seconds > prober.last_at
+        row = prober(state, result) if due and prober is not None else None
+        logger.info("checkpoint in %s; the shipped weights change only when a probe beats them", out)
+        return {**result, "exported": bool(row and row["exported"])}
+    grid = sample_grid(state, cfg, out / "samples" / f"step_{state.step:07d}.png")
     if replaces_better_model(cfg.export, result["images_seen_total"]) and not cfg.overwrite_export:
         logger.warning(
             "%s holds a model trained on more images than this run (%d); kept it. The weights of this run "
@@ -329,9 +500,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         )  # fmt: skip
         return {**result, "exported": False}
     pipeline = DiffusionPipeline(state.ema.module, state.diffusion)  # type: ignore[arg-type]
-    export = pipeline.save_pretrained(cfg.export, training=result)
-    shutil.copyfile(grid, export / "samples.png")
-    logger.info("exported EMA weights to %s (samples: %s)", export, grid)
+    exported = pipeline.save_pretrained(cfg.export, training=result)
+    shutil.copyfile(grid, exported / "samples.png")
+    logger.info("exported EMA weights to %s (samples: %s)", exported, grid)
     return {**result, "exported": True}
 
 

@@ -21,10 +21,14 @@ import torch
 from torch import nn
 
 from shared.config import JsonConfig
+from shared.diffusion import parameterization as param
+from shared.diffusion.parameterization import Prediction
 from shared.diffusion.schedule import ScheduleKind, make_betas
 
 # eps_theta(x_t, t, y): the network's noise prediction, y is an int64 label per sample (or None).
 EpsModel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
+# The raw network F(input, t, y): its output is eps, v or EDM's F depending on `DiffusionConfig.prediction`.
+NetworkFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -33,8 +37,14 @@ class DiffusionConfig(JsonConfig):
 
     schedule: ScheduleKind = ScheduleKind.LINEAR
     num_timesteps: int = 1000
+    prediction: Prediction = Prediction.EPS  # what the network predicts (parameterization.py)
 
     def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "prediction", Prediction(self.prediction))
+        except ValueError:
+            allowed = ", ".join(k.value for k in Prediction)
+            raise ValueError(f"unknown prediction {self.prediction!r}; expected one of: {allowed}") from None
         try:
             object.__setattr__(self, "schedule", ScheduleKind(self.schedule))
         except ValueError:
@@ -69,6 +79,7 @@ class GaussianDiffusion(nn.Module):
         super().__init__()
         self.config = config or DiffusionConfig()
         self.num_timesteps = self.config.num_timesteps
+        self.prediction = self.config.prediction
 
         # All in float64, stored float32 (schedule.py explains why).
         betas = make_betas(self.config.schedule, self.num_timesteps)
@@ -144,10 +155,22 @@ class GaussianDiffusion(nn.Module):
         alpha_bar = self.alphas_cumprod.gather(0, t)
         return alpha_bar / (1.0 - alpha_bar)
 
+    # ------------------------------------------------------------------------ the network as eps
+    def network_eps(
+        self, network: NetworkFn, x_t: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None
+    ) -> torch.Tensor:
+        """eps_theta(x_t, t) from the raw network, whatever it predicts (parameterization.py)."""
+        output = network(param.network_input(self.prediction, self, x_t, t), t, labels).float()
+        return param.eps_from_output(self.prediction, self, output, x_t, t)
+
+    def eps_model(self, network: NetworkFn) -> EpsModel:
+        """The raw network wrapped as the eps-model callable the samplers take."""
+        return lambda x_t, t, labels: self.network_eps(network, x_t, t, labels)
+
     # -------------------------------------------------------------------------------------- loss
     def training_loss(
         self,
-        model: EpsModel,
+        model: NetworkFn,
         x_0: torch.Tensor,
         labels: torch.Tensor | None = None,
         *,
@@ -155,22 +178,25 @@ class GaussianDiffusion(nn.Module):
         noise: torch.Tensor | None = None,
         min_snr_gamma: float | None = None,
     ) -> torch.Tensor:
-        """The epsilon-prediction loss, averaged over the batch.
+        """The regression loss of the raw network `model`, averaged over the batch.
 
-        Ho et al. 2020, Eq. 14 (L_simple): E_{t ~ U, x_0, eps} || eps - eps_theta(x_t, t) ||^2 with
-        t drawn uniformly. With `min_snr_gamma` each sample is weighted by
-        min(SNR(t), gamma) / SNR(t) (Hang et al. 2023, "Efficient Diffusion Training via Min-SNR
-        Weighting Strategy", Eq. 10 written for eps-prediction), which speeds up convergence.
+        eps-prediction is Ho et al. 2020, Eq. 14 (L_simple): E_{t ~ U, x_0, eps} || eps - eps_theta(x_t, t) ||^2
+        with t drawn uniformly. v-prediction regresses v instead (Salimans & Ho 2022), EDM regresses F
+        on its effective target with log-normal noise levels (Karras et al. 2022, Eq. 8; see
+        parameterization.py). With `min_snr_gamma` each sample is weighted by min(SNR(t), gamma) / SNR(t)
+        for eps, / (SNR(t) + 1) for v (Hang et al. 2023, "Efficient Diffusion Training via Min-SNR
+        Weighting Strategy"), which speeds up convergence.
         """
         batch = x_0.shape[0]
         if t is None:
-            t = torch.randint(0, self.num_timesteps, (batch,), device=x_0.device)
+            t = param.sample_timesteps(self.prediction, self, batch, x_0.device)
         if noise is None:
             noise = torch.randn_like(x_0)
         x_t = self.q_sample(x_0, t, noise)
-        eps_pred = model(x_t, t, labels)
-        per_sample = (eps_pred.float() - noise).pow(2).mean(dim=tuple(range(1, x_0.ndim)))  # (B,)
-        if min_snr_gamma is not None:
-            snr = self.snr(t)
-            per_sample = per_sample * torch.clamp(snr, max=min_snr_gamma) / snr
+        output = model(param.network_input(self.prediction, self, x_t, t), t, labels)
+        target = param.training_target(self.prediction, self, x_0, x_t, noise, t)
+        per_sample = (output.float() - target).pow(2).mean(dim=tuple(range(1, x_0.ndim)))  # (B,)
+        weight = param.loss_weight(self.prediction, self.snr(t), min_snr_gamma)
+        if weight is not None:
+            per_sample = per_sample * weight
         return per_sample.mean()
