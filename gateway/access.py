@@ -18,6 +18,7 @@ from redis import Redis
 from gateway.deps import SettingsDep
 from gateway.settings import GatewaySettings
 from shared.service import keys
+from shared.service.webhooks import RefusedDestinationError, check_url
 
 
 def key_id(key: str) -> str:
@@ -80,3 +81,17 @@ def check_compute(num_images: int, steps: int | None, settings: GatewaySettings)
             status.HTTP_422_UNPROCESSABLE_CONTENT,
             f"num_images x steps = {num_images * steps} exceeds the limit of {settings.max_compute} per request",
         )
+
+
+def check_webhook(url: str, settings: GatewaySettings) -> None:
+    """A 422 for a webhook this service may not call: webhooks off, or a host off the allow-list (where that is
+    known without DNS: the URL is resolved and checked again each time it is called)."""
+    if not settings.webhooks_enabled:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            "webhooks are off on this service (GENSERVICE_WEBHOOK_ALLOW and GENSERVICE_WEBHOOK_SECRET unset)",
+        )
+    try:
+        check_url(url, settings.webhook_allow)
+    except RefusedDestinationError as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"webhook refused: {exc}") from exc

@@ -20,7 +20,7 @@ from rq.job import Job
 from rq.job import JobStatus as RQStatus
 from rq.serializers import JSONSerializer
 
-from gateway.schemas import JobResults, JobState, JobStatus, Preview, Progress, QueueInfo
+from gateway.schemas import JobResults, JobState, JobStatus, Preview, Progress, QueueInfo, WebhookDelivery
 from shared.service import keys
 from shared.service.events import publish_job_event
 from shared.service.results import parse_previews
@@ -53,11 +53,13 @@ class Lookups:
     canceled: bool
     positions: dict[str, int | None]  # model -> the job's index in that model's queue
     previews: list[tuple[int, int]]
+    webhook: dict[str, str]  # the job's webhook record (empty: none yet)
 
     @classmethod
     def parse(cls, replies: list[Any]) -> Lookups:
-        canceled, *positions, previews = replies
-        return cls(bool(canceled), dict(zip(keys.QUEUES, positions, strict=True)), parse_previews(previews))
+        canceled, *positions, previews, webhook = replies
+        record = {k.decode(): v.decode() for k, v in webhook.items()}
+        return cls(bool(canceled), dict(zip(keys.QUEUES, positions, strict=True)), parse_previews(previews), record)
 
 
 class JobConflictError(Exception):
@@ -155,6 +157,7 @@ class JobStore:
         for model in keys.QUEUES:  # LPOS in every queue: they are short (GENSERVICE_MAX_QUEUE_DEPTH)
             pipe.lpos(self.queue(model).key, job_id)
         pipe.hgetall(keys.preview_steps(job_id))
+        pipe.hgetall(keys.webhook_record(job_id))
 
     def lookups(self, job_id: str) -> Lookups:
         with self.redis.pipeline(transaction=False) as pipe:
@@ -214,6 +217,7 @@ class JobStore:
             error=failure_reason(job) if state == "failed" else None,
             results=results,
             previews=previews,
+            webhook=webhook_delivery(request, lookups.webhook),
         )
 
     def cancel(self, job: Job) -> str:
@@ -261,6 +265,19 @@ class JobStore:
                 if name.decode() in live
             ]
         return out
+
+
+def webhook_delivery(request: dict[str, Any], record: dict[str, str]) -> WebhookDelivery | None:
+    """The job's webhook status from its request and its delivery record (gateway/webhooks.py writes it)."""
+    if not request.get("webhook"):
+        return None
+    status = record.get("last_status")
+    return WebhookDelivery(
+        url=request["webhook"], events=list(request.get("webhook_events") or []),
+        attempts=int(record.get("attempts", 0)), delivered=int(record.get("delivered", 0)),
+        failed=int(record.get("failed", 0)), last_event=record.get("last_event"),
+        last_status=int(status) if status else None, last_error=record.get("last_error") or None,
+    )  # fmt: skip
 
 
 def failure_reason(job: Job) -> str:

@@ -40,6 +40,18 @@ class _Request(BaseModel):
         "EBM: the chain state); listed in the job status while it runs",
     )  # fmt: skip
 
+    webhook: str | None = Field(
+        None, max_length=2048, pattern=r"^https?://",
+        description="an http(s) URL the job's status document is POSTed to on `webhook_events` (signed as Standard "
+        "Webhooks describe); only destinations the operator allows (GENSERVICE_WEBHOOK_ALLOW)",
+        examples=["https://hooks.example.com/genservice"],
+    )  # fmt: skip
+    webhook_events: list[Literal["start", "progress", "completed"]] = Field(
+        default_factory=lambda: ["completed"], max_length=3,
+        description="which events call the webhook: start (a worker took the job), progress (at most every "
+        "GENSERVICE_WEBHOOK_PROGRESS_INTERVAL seconds), completed (finished, failed or canceled)",
+    )  # fmt: skip
+
     @field_validator("class_label", mode="before")
     @classmethod
     def _not_a_boolean(cls, value: object) -> object:
@@ -115,6 +127,19 @@ class Preview(BaseModel):
     url: str
 
 
+class WebhookDelivery(BaseModel):
+    """What became of a job's webhook so far."""
+
+    url: str
+    events: list[str]
+    attempts: int = Field(0, description="POSTs made so far, retries included")
+    delivered: int = Field(0, description="events the receiver accepted (a 2xx answer)")
+    failed: int = Field(0, description="events given up after GENSERVICE_WEBHOOK_MAX_ATTEMPTS, or refused")
+    last_event: str | None = None
+    last_status: int | None = Field(None, description="the HTTP status of the last attempt (none: no answer)")
+    last_error: str | None = Field(None, description="why the last attempt failed (no answer, refused destination)")
+
+
 class JobStatus(BaseModel):
     job_id: str
     model: str
@@ -132,6 +157,7 @@ class JobStatus(BaseModel):
     previews: list[Preview] = Field(
         default_factory=list, description="intermediate grids stored so far (when the request asked for previews)"
     )
+    webhook: WebhookDelivery | None = Field(None, description="deliveries to the request's webhook, when it has one")
 
 
 class CancelResponse(BaseModel):

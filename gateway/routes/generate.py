@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response, status
 
-from gateway.access import Caller, check_capacity, check_compute, rate_limit
+from gateway.access import Caller, check_capacity, check_compute, check_webhook, rate_limit
 from gateway.deps import SettingsDep, StoreDep
 from gateway.responses import AUTH, BODY, BUSY, REDIS_DOWN, invalid
 from gateway.schemas import DiffusionRequest, EBMRequest, JobAccepted, new_seed
@@ -12,7 +12,8 @@ from gateway.schemas import DiffusionRequest, EBMRequest, JobAccepted, new_seed
 router = APIRouter(prefix="/generate", tags=["generate"])
 RESPONSES = {
     **AUTH, **BODY, **BUSY, **REDIS_DOWN,
-    **invalid("a field is out of bounds (a list of field errors), or num_images x steps over the limit (a sentence)"),
+    **invalid("a field is out of bounds (a list of field errors), or num_images x steps over the limit or a webhook "
+              "this service may not call (a sentence)"),
 }  # fmt: skip
 
 
@@ -26,9 +27,13 @@ def _accept(
     response: Response,
 ) -> JobAccepted:
     rate_limit(store.redis, settings, who)
+    if body.webhook is not None:
+        check_webhook(body.webhook, settings)
     check_compute(body.num_images, body.steps, settings)
     check_capacity(store.queue(model).count, settings, model)
     params = body.model_dump()
+    if params["webhook"] is None:  # recorded with the job only when there is one
+        del params["webhook"], params["webhook_events"]
     if params["seed"] is None:
         params["seed"] = new_seed()
     job = store.submit(model, params, owner=who)

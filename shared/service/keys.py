@@ -45,3 +45,12 @@ def queue_events(queue: str) -> str:
 def event_streams(owner: str) -> str:
     """Sorted set: the open event streams of one API key (member: a stream's token, score: when it lapses)."""
     return f"{PREFIX}:sse:{owner}"
+
+
+WEBHOOK_OUTBOX = f"{PREFIX}:webhooks:outbox"  # stream: webhook events to send (consumer group of the dispatchers)
+WEBHOOK_GROUP = "dispatchers"
+
+
+def webhook_record(job_id: str) -> str:
+    """Hash: a job's webhook deliveries so far (attempts, last HTTP status, ...); expires with the job."""
+    return f"{PREFIX}:webhook:{job_id}"

@@ -7,9 +7,10 @@ is read without a prefix, as RQ's tools and Docker images expect.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import AliasChoices, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class QueueSettings(BaseSettings):
@@ -29,6 +30,38 @@ class QueueSettings(BaseSettings):
     )
     max_retries: int = Field(2, ge=0, description="retries of a job whose worker died")
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR; logs are JSON lines")
+    # webhooks (shared/service/webhooks.py: the gateway checks a request's URL, `python -m gateway.webhooks` sends)
+    webhook_allow: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="comma-separated destinations webhooks may go to: host names (`hooks.example.com`, "
+        "`*.example.com`) and networks (`203.0.113.0/24`, `127.0.0.1/32`); empty: webhooks are off. Private, "
+        "loopback and link-local addresses need a network entry that contains them",
+    )
+    webhook_secret: str = Field(
+        "", description="the Standard Webhooks signing secret (`whsec_` + base64); webhooks are off without one"
+    )
+    webhook_max_attempts: int = Field(5, ge=1, le=20, description="sends of one event before it is given up")
+    webhook_backoff_seconds: float = Field(
+        1.0, gt=0, le=600, description="wait before the first retry; doubled before each next one"
+    )
+    webhook_timeout: float = Field(5.0, gt=0, le=60, description="seconds one send may take (connect to answer)")
+    webhook_progress_interval: float = Field(
+        2.0, ge=0, description="at most one `progress` webhook per job this often (seconds)"
+    )
+    public_url: str = Field(
+        "http://localhost:8000/", description="the gateway's address as clients see it: the URLs in webhook bodies"
+    )
+
+    @field_validator("webhook_allow", mode="before")
+    @classmethod
+    def _split_allow(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [entry.strip() for entry in value.split(",") if entry.strip()]
+        return value
+
+    @property
+    def webhooks_enabled(self) -> bool:
+        return bool(self.webhook_allow and self.webhook_secret)
 
     def job_timeout(self, model: str) -> int:
         return self.diffusion_job_timeout if model == "diffusion" else self.ebm_job_timeout
