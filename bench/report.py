@@ -153,7 +153,8 @@ def _batching_section(r: dict[str, Any]) -> list[str]:
     )
     out.append(
         "The first job starts alone on the idle worker; the 15 queued behind it are claimed together. Each "
-        "batched job's images are byte-identical to an unbatched run (`tests/integration/test_batching.py`).\n"
+        "batched job's images are those of an unbatched run up to floating-point rounding (at most one uint8 "
+        'level; `tests/integration/test_batching.py`, README "Batching").\n'
     )
     out.append(table(r["rows"]))
     return out

@@ -173,6 +173,10 @@ class DiffusionPipeline:
                 self.resolve_label(int(label))
 
     def _label_tensor(self, labels: Sequence[int | None] | None, batch: int) -> torch.Tensor | None:
+        """One label per row for a class-conditional network: no label is the null label (unconditional).
+
+        Null rows are what `guided_eps_model` leaves unguided, at no extra network pass.
+        """
         null = self.config.null_label
         if null is None:
             return None
@@ -180,7 +184,10 @@ class DiffusionPipeline:
         return torch.tensor(rows, dtype=torch.long, device=self.device)
 
     def eps_model(self, guidance_scale: float = 1.0) -> EpsModel:
-        """eps_theta in this pipeline's precision, with classifier-free guidance applied."""
+        """eps_theta in this pipeline's precision, with classifier-free guidance applied.
+
+        Rows with the null label (no label asked for) are never guided and cost one network row per step.
+        """
 
         def eps(x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
             with autocast(self.device, self.precision):

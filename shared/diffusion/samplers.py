@@ -56,12 +56,15 @@ def parse_enum(enum_cls: type[Enum], value: object, what: str) -> Enum:
 
 
 def guided_eps_model(model: EpsModel, guidance_scale: float, null_label: int | None) -> EpsModel:
-    """Wrap eps_theta with classifier-free guidance.
+    """Wrap eps_theta with classifier-free guidance, paying for the unconditional pass only where it acts.
 
     Ho & Salimans 2022, Eq. 6: eps~ = (1 + w) eps(x, c) - w eps(x, null), written here with the
-    guidance scale s = 1 + w as eps(x, null) + s * (eps(x, c) - eps(x, null)). Samples whose label is
-    the null label are unconditional (both terms coincide). Conditional and unconditional passes
-    run as one batch of 2B.
+    guidance scale s = 1 + w as eps(x, null) + s * (eps(x, c) - eps(x, null)).
+
+    Guidance acts on a row only when the row has a label: a null label is an unconditional sample, for
+    which both terms coincide and eps~ = eps(x, null). Each call runs the network once: on the B rows as
+    given, plus one unconditional copy of each labelled row (B + L rows in one batch). With no labelled
+    row that is exactly the unguided call (same batch, same bytes); unlabelled rows get eps(x, null) untouched.
     """
     if null_label is None or guidance_scale == 1.0:
         return model
@@ -69,10 +72,15 @@ def guided_eps_model(model: EpsModel, guidance_scale: float, null_label: int | N
     def eps(x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         if labels is None:
             return model(x, t, None)
-        null = torch.full_like(labels, null_label)
-        both = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, null]))  # (2B, C, H, W)
-        eps_cond, eps_uncond = both.chunk(2)
-        return eps_uncond + guidance_scale * (eps_cond - eps_uncond)
+        rows = (labels != null_label).nonzero().squeeze(1)
+        if rows.numel() == 0:
+            return model(x, t, labels)
+        batch = x.shape[0]
+        null = torch.full_like(rows, null_label)
+        both = model(torch.cat([x, x[rows]]), torch.cat([t, t[rows]]), torch.cat([labels, null]))  # (B + L, C, H, W)
+        eps_cond, eps_uncond = both[:batch], both[batch:]
+        guided_rows = eps_uncond + guidance_scale * (eps_cond[rows] - eps_uncond)
+        return eps_cond.index_copy(0, rows, guided_rows)
 
     return eps
 

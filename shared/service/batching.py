@@ -1,9 +1,12 @@
 """Batching queued jobs: one sampling run for several compatible jobs, each keeping its own seeds,
 progress and cancellation.
 
-Why it is exact: every image draws its noise from its own seeded generator (shared/seeding.py) and the
-networks act on each image alone (GroupNorm, attention within an image, no batch statistics), so an
-image does not depend on which other images share its batch. Jobs are *compatible* when everything
+Why it gives each job its own images: every image draws its noise from its own seeded generator
+(shared/seeding.py) and the networks act on each image alone (GroupNorm, attention within an image, no
+batch statistics), so mathematically an image does not depend on which other images share its batch.
+In floating point it may, in the last bits: another batch shape can get other kernels (oneDNN, cuDNN),
+so a batched image equals its unbatched run up to rounding (at most one uint8 level measured), not byte
+for byte (README, "Batching"). Jobs are *compatible* when everything
 but their seeds and class labels is equal (sampler, steps, eta, guidance, Langevin step size, ...),
 and when they are all conditional or all unconditional (guidance is skipped without labels).
 

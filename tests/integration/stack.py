@@ -44,10 +44,19 @@ def wait_until(condition: Callable[[], Any], timeout: float, what: str, interval
 
 
 def save_tiny_models(directory: Path) -> tuple[Path, Path]:
-    """Untrained 32x32 CIFAR-shaped models: real networks, real weights files, milliseconds per step."""
+    """Untrained 32x32 CIFAR-shaped models: real networks, real weights files, milliseconds per step.
+
+    The UNet's weights are seeded random draws (as `tests.conftest.seeded_unet`): a fresh UNet's zeroed
+    output layer predicts eps = 0 for any input, so its images would not depend on the network or on the
+    class label at all, and a test could not tell one job's images from another's label.
+    """
     torch.manual_seed(0)
     unet = UNet(UNetConfig(base_channels=8, channel_mult=(1, 2), num_res_blocks=1, num_heads=2, num_groups=4,
                            class_names=CIFAR10))  # fmt: skip
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for parameter in unet.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=gen) * 0.1)
     DiffusionPipeline(unet, GaussianDiffusion()).save_pretrained(directory / "diffusion", training={"note": "test"})
     net = EnergyNet(EnergyConfig(base_channels=8, channel_mult=(1, 2), class_names=CIFAR10))
     EBMPipeline(net).save_pretrained(directory / "ebm", sampling=LangevinParams(steps=20))

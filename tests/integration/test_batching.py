@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import pytest
 from PIL import Image
 from rq.job import Job, JobStatus
@@ -33,6 +34,23 @@ def meta(stack: Stack, job_id: str) -> dict[str, Any]:
 
 def pngs(stack: Stack, status: dict[str, Any]) -> list[bytes]:
     return [stack.client.get(url).content for url in status["results"]["images"]]
+
+
+def assert_same_images_up_to_rounding(batched: list[bytes], alone: list[bytes]) -> None:
+    """The images of a batched run against the same job's unbatched run.
+
+    Not byte for byte: a batch feeds the network tensors of another shape (N rows instead of n), for which
+    oneDNN (cuDNN on a GPU) may pick other kernels and sum in another order, so floats differ in their last
+    bits and a value on a rounding boundary can land one uint8 level away (README, "Batching": measured
+    with the shipped UNet, at most 1 level on at most 2 of 49,152 values). Another seed, another label or
+    a mixed-up order moves most values by many levels and fails here.
+    """
+    assert len(batched) == len(alone)
+    for got, expected in zip(batched, alone, strict=True):
+        a, b = (np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.int16) for png in (got, expected))
+        assert a.shape == b.shape
+        diff = np.abs(a - b)
+        assert diff.max() <= 1 and (diff > 0).mean() <= 0.01, (int(diff.max()), float((diff > 0).mean()))
 
 
 def hold_worker(stack: Stack, model: str = "diffusion") -> str:
@@ -73,11 +91,11 @@ def test_compatible_queued_jobs_share_one_run_and_get_the_images_of_unbatched_ru
         stack.wait_for(job["job_id"], timeout=120)
         assert meta(stack, job["job_id"])["batch_size"] == 1
 
-    # The same requests, one at a time on the idle worker: the same bytes.
+    # The same requests, one at a time on the idle worker: the same images, up to rounding.
     for status, body in zip(statuses, requests, strict=True):
         alone = stack.wait_for(stack.submit("diffusion", **body)["job_id"], timeout=60)
         assert meta(stack, alone["job_id"])["batch_size"] == 1
-        assert pngs(stack, alone) == pngs(stack, status)
+        assert_same_images_up_to_rounding(pngs(stack, status), pngs(stack, alone))
 
 
 def test_ebm_jobs_batch_too_with_unchanged_images(stack: Stack) -> None:
@@ -89,7 +107,7 @@ def test_ebm_jobs_batch_too_with_unchanged_images(stack: Stack) -> None:
     assert [meta(stack, job["job_id"])["batch_size"] for job in batched] == [2, 2]
     for status, body in zip(statuses, requests, strict=True):
         alone = stack.wait_for(stack.submit("ebm", **body)["job_id"], timeout=60)
-        assert pngs(stack, alone) == pngs(stack, status)
+        assert_same_images_up_to_rounding(pngs(stack, status), pngs(stack, alone))
 
 
 def test_canceling_one_job_of_a_batch_leaves_the_others_running(stack: Stack) -> None:

@@ -218,9 +218,48 @@ def test_guidance_changes_conditional_samples(tiny_pipeline: DiffusionPipeline) 
 
 
 def test_guidance_is_a_no_op_without_labels(tiny_pipeline: DiffusionPipeline) -> None:
+    """Bit-exact on any machine: without labels the guided run makes the unguided run's very network calls."""
     plain = tiny_pipeline.sample(ddim(guidance_scale=1.0))
     guided = tiny_pipeline.sample(ddim(guidance_scale=3.0))
     assert torch.equal(plain, guided)
+    assert torch.equal(plain, tiny_pipeline.sample(ddim(labels=(None, None), guidance_scale=3.0)))
+
+
+def count_rows(pipeline: DiffusionPipeline, monkeypatch: pytest.MonkeyPatch) -> list[list[int | None]]:
+    """Spy on the network: the labels of each call's rows (None: the network was called without labels)."""
+    calls: list[list[int | None]] = []
+    forward = pipeline.forward
+
+    def spy(x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        calls.append([None] * x.shape[0] if labels is None else labels.tolist())
+        return forward(x, t, labels)
+
+    monkeypatch.setattr(pipeline, "forward", spy)
+    return calls
+
+
+@pytest.mark.parametrize("labels", [None, (None, None, None)])
+def test_unlabelled_guided_samples_cost_one_pass_per_step(
+    tiny_pipeline: DiffusionPipeline, monkeypatch: pytest.MonkeyPatch, labels: tuple[None, ...] | None
+) -> None:
+    calls = count_rows(tiny_pipeline, monkeypatch)
+    tiny_pipeline.sample(ddim(seeds=(0, 1, 2), steps=5, labels=labels, guidance_scale=3.0))
+    null = tiny_pipeline.config.null_label
+    assert calls == [[null] * 3] * 5  # one evaluation of the B = 3 rows per step, never the 2B of CFG
+
+
+def test_a_mixed_batch_guides_only_its_labelled_samples(
+    tiny_pipeline: DiffusionPipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = count_rows(tiny_pipeline, monkeypatch)
+    mixed = tiny_pipeline.sample(ddim(seeds=(0, 1, 2), labels=(2, None, 0), guidance_scale=3.0))
+    null = tiny_pipeline.config.null_label
+    assert calls == [[2, null, 0, null, null]] * 4  # B rows as asked + one unconditional row per labelled sample
+    # Each row is the image its sample makes in a batch of its own kind (other batch shapes: equal up to rounding).
+    guided = tiny_pipeline.sample(ddim(seeds=(0, 2), labels=(2, 0), guidance_scale=3.0))
+    unguided = tiny_pipeline.sample(ddim(seeds=(1,), guidance_scale=1.0))
+    torch.testing.assert_close(mixed[[0, 2]], guided, atol=1e-5, rtol=0)
+    torch.testing.assert_close(mixed[1:2], unguided, atol=1e-5, rtol=0)
 
 
 def test_labels_change_samples(tiny_pipeline: DiffusionPipeline) -> None:
@@ -290,7 +329,12 @@ def test_params_are_frozen() -> None:
 
 # ------------------------------------------------------------------------------------- fast paths
 def test_channels_last_gives_the_reference_images(tiny_unet: UNet) -> None:
-    """The service's layout (channels_last) against plain NCHW: the same uint8 images."""
+    """The service's layout (channels_last) against plain NCHW: the same images up to rounding.
+
+    The two layouts run different oneDNN kernels, so the floats may differ in their last bits and a value
+    that sits on a rounding boundary may land one uint8 level apart (never more); another seed or label
+    would move values by far more than atol.
+    """
     import copy
 
     from shared.images import to_uint8
@@ -301,7 +345,7 @@ def test_channels_last_gives_the_reference_images(tiny_unet: UNet) -> None:
     for params in (ddim(seeds=(0, 1, 2), steps=8), SampleParams(seeds=(3,), sampler="ddpm", steps=100)):
         ref, out = reference.sample(params), fast.sample(params)
         assert torch.allclose(ref, out, atol=1e-4)
-        assert torch.equal(to_uint8(ref), to_uint8(out))
+        assert (to_uint8(ref).int() - to_uint8(out).int()).abs().max() <= 1
 
 
 @pytest.mark.slow

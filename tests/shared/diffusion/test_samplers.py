@@ -197,3 +197,24 @@ def test_classifier_free_guidance_extrapolates_from_unconditional() -> None:
     assert torch.allclose(guided[0], torch.full((1, 2, 2), 1.0 + 4.0 * 2.0))
     assert torch.allclose(guided[1], torch.ones(1, 2, 2))  # a null-label sample stays unconditional
     assert guided_eps_model(model, 1.0, null) is model  # scale 1: plain conditional model, one pass
+
+
+def test_guidance_costs_one_unconditional_row_per_labelled_sample() -> None:
+    """One network call per step: the B rows as given, plus an unconditional copy of each labelled row only."""
+    null = 9
+    calls: list[list[int]] = []
+
+    def model(x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        assert y is not None
+        calls.append(y.tolist())
+        return x * 0 + (y != null).float().view(-1, 1, 1, 1) * 2.0 + 1.0 + y.float().view(-1, 1, 1, 1) / 100
+
+    guided = guided_eps_model(model, 4.0, null)
+    x, t = torch.zeros(3, 1, 2, 2), torch.tensor([5, 5, 5])
+    out = guided(x, t, torch.tensor([null, 2, null]))
+    assert calls == [[null, 2, null, null]]
+    assert torch.allclose(out[1], torch.full((1, 2, 2), 1.09 + 4.0 * (3.02 - 1.09)))
+    assert torch.equal(out[[0, 2]], torch.full((2, 1, 2, 2), 1.09))  # unlabelled rows: eps(x, null) untouched
+    calls.clear()
+    assert torch.equal(guided(x, t, torch.full((3,), null)), model(x, t, torch.full((3,), null)))
+    assert calls == [[null] * 3, [null] * 3]  # the wrapper's one call of B rows, then the reference call
