@@ -11,6 +11,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -37,7 +38,7 @@ from shared.text.schemas import (
     SimilarityRequest,
     SimilarityResponse,
 )
-from tests.integration.stack import ROOT, free_port
+from tests.integration.stack import ROOT
 
 EXAMPLES_PER_OPERATION = 20  # a bounded sample in the suite; raise it for a soak run
 CHECKS = [  # every response: no 5xx, a documented status, its documented content type, body schema and headers
@@ -82,12 +83,18 @@ def stub_text_service() -> FastAPI:
     return stub
 
 
-@pytest.fixture(scope="module")
-def app(redis_url: str) -> Iterator[FastAPI]:
-    application = create_app(GatewaySettings(redis_url=redis_url, text_service_url=f"http://127.0.0.1:{free_port()}"))
+def gateway_with_stub(redis_url: str, **settings: Any) -> FastAPI:
+    """The gateway, its text routes proxied to the stub text service."""
+    application = create_app(GatewaySettings(redis_url=redis_url, **settings))
     stub = httpx.AsyncClient(transport=httpx.ASGITransport(stub_text_service()), base_url="http://text-service")
     # an override, not app.state: schemathesis runs the lifespan again, which makes a new client
     application.dependency_overrides[get_text_client] = lambda: stub
+    return application
+
+
+@pytest.fixture(scope="module")
+def app(redis_url: str) -> Iterator[FastAPI]:
+    application = gateway_with_stub(redis_url)
     with TestClient(application):  # runs the lifespan: Redis exists
         yield application
 
@@ -107,10 +114,11 @@ def test_the_gateway_imports_no_code_of_the_text_service() -> None:
     assert loaded.stdout.strip() == "[]"
 
 
-def test_every_answer_matches_the_schema(app: FastAPI) -> None:
+def fuzz_every_operation(app: FastAPI, examples: int) -> list[tuple[str, int]]:
+    """Generated requests (valid and invalid) to every operation; every answer checked against the schema."""
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert len(operations) >= 14  # every route of the API is in the schema
+    assert len(operations) >= 15  # every route of the API is in the schema (/jobs/{job_id}/events included)
     calls: list[tuple[str, int]] = []
 
     for operation in operations:
@@ -118,15 +126,29 @@ def test_every_answer_matches_the_schema(app: FastAPI) -> None:
         wanted = [check for check in CHECKS if operation.path != "/ready" or check is not checks.not_a_server_error]
 
         @given(case=st.one_of(operation.as_strategy(mode) for mode in GenerationMode))  # valid and invalid
-        @settings(max_examples=EXAMPLES_PER_OPERATION, deadline=None, suppress_health_check=list(HealthCheck))
+        @settings(max_examples=examples, deadline=None, suppress_health_check=list(HealthCheck))
         def fuzz(case: schemathesis.Case) -> None:
             response = case.call()
             calls.append((case.path, response.status_code))
             case.validate_response(response, checks=wanted)  # noqa: B023 - called within this iteration
 
         fuzz()
+    assert len(calls) > 3 * len(operations)  # the fuzzer really sent requests
+    return calls
+
+
+def test_every_answer_matches_the_schema(app: FastAPI) -> None:
+    calls = fuzz_every_operation(app, EXAMPLES_PER_OPERATION)
     codes = [code for _, code in calls]
-    assert len(calls) > 5 * len(operations)  # the fuzzer really sent requests
     assert 422 in codes and any(code < 300 for code in codes)
     legacy = {code for path, code in calls if path in ("/generate", "/embed", "/similarity", "/generate_with_rnn")}
     assert 200 in legacy and 422 in legacy  # the proxied routes were exercised past validation
+
+
+def test_every_answer_matches_the_schema_with_api_keys_on(redis_url: str) -> None:
+    """Keys on and none sent: the job and generation routes answer 401, as documented; the rest as before."""
+    keyed = gateway_with_stub(redis_url, api_keys=["k1"])
+    with TestClient(keyed):
+        calls = fuzz_every_operation(keyed, 5)
+    assert {code for path, code in calls if path.startswith(("/jobs", "/generate/"))} <= {401, 400, 413, 422}
+    assert 401 in {code for _, code in calls}
