@@ -42,15 +42,15 @@ def watch(stack: Stack, job_id: str, last_id: str | None = None, stop_after: int
 def test_a_stream_follows_a_job_from_queued_to_finished(stack: Stack) -> None:
     blocker = stack.submit("diffusion", **LONG)  # one worker: the next job waits in the queue
     stack.wait_for(blocker["job_id"], ("started",))
-    job = stack.submit("diffusion", num_images=2, steps=300, previews=2)
+    job = stack.submit("diffusion", num_images=2, steps=1000, previews=2)
     events = watch(stack, job["job_id"])
     states = [e["status"] for e in events]
     assert states[0] == "queued" and events[0]["queue_position"] == 0 and events[0]["event"] == "status"
     assert "started" in states and states[-1] == "finished" and events[-1]["event"] == "end"
     assert all(e["event"] == "status" for e in events[:-1])  # one end event, last
     steps = [e["progress"]["step"] for e in events if e["progress"]]
-    assert steps == sorted(steps) and any(0 < s < 300 for s in steps)  # progress was pushed while it ran
-    assert [p["step"] for p in events[-1]["previews"]] == [150, 300] and len(events[-1]["results"]["images"]) == 2
+    assert steps == sorted(steps) and any(0 < s < 1000 for s in steps)  # progress was pushed while it ran
+    assert [p["step"] for p in events[-1]["previews"]] == [500, 1000] and len(events[-1]["results"]["images"]) == 2
     ids = [tuple(int(x) for x in e["id"].split("-")) for e in events]
     assert ids == sorted(ids)
     assert stack.status(blocker["job_id"])["status"] in ("started", "finished")
