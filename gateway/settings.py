@@ -44,8 +44,11 @@ class GatewaySettings(QueueSettings):
     rate_limit_per_minute: int = Field(0, ge=0, description="generation requests per key and minute; 0: no limit")
     # server-sent events (GET /jobs/{id}/events)
     sse_heartbeat_seconds: float = Field(
-        15.0, gt=0, le=300, description="a comment line this often on a quiet stream (keeps proxies from closing it); "
-        "the job is re-read then too"
+        15.0,
+        gt=0,
+        le=300,
+        description="a comment line this often on a quiet stream (keeps proxies from closing it); "
+        "the job is re-read then too",
     )
     sse_max_seconds: int = Field(
         3600, ge=1, description="an open stream closes after this long (the client reconnects with Last-Event-ID)"
