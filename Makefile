@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 EXTRAS ?= all
 STAMP := $(VENV)/.installed-$(EXTRAS)
 
-.PHONY: install up test lint sample train train-ebm bench clean
+.PHONY: install up test lint sample train train-continue train-ebm bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -44,6 +44,17 @@ sample: $(STAMP)
 TRAIN_ARGS ?= --epochs 50 --batch-size 128
 train: $(STAMP)
 	$(PY) -m training.train_diffusion $(TRAIN_ARGS)
+
+## train-continue: the standing diffusion run (training/continue_diffusion.py) in the background on one
+## thread: resumes its state from ~/.cache/genservice/diffusion-standing (else warm-starts from models/diffusion),
+## probes every 30 core-minutes, exports only better weights. Log: runs/train-continue.log; stop: kill the pid.
+TRAIN_CONTINUE_ARGS ?= --max-minutes 170
+train-continue: $(STAMP)
+	mkdir -p runs
+	OMP_NUM_THREADS=1 nohup $(PY) -m training.continue_diffusion $(TRAIN_CONTINUE_ARGS) >runs/train-continue.log 2>&1 & \
+		echo $$! >runs/train-continue.pid
+	@echo "standing run started: pid $$(cat runs/train-continue.pid), log runs/train-continue.log," \
+		"stop with: kill $$(cat runs/train-continue.pid)  (it checkpoints first)"
 
 EBM_TRAIN_ARGS ?= --epochs 30 --batch-size 64
 train-ebm: $(STAMP)

@@ -332,6 +332,7 @@ class Prober:
         self.last_at = 0.0
         self._shipped: dict[str, Any] | None = None
         self._shipped_known = False
+        self.exports = 0  # how many probes of this run exported
 
     def due(self, train_seconds: float) -> bool:
         return self.interval > 0 and train_seconds - self.last_at >= self.interval
@@ -385,6 +386,7 @@ class Prober:
         if exported:
             export(state, self.cfg, {**summary_now, "quality": quality})
             self._shipped = quality
+            self.exports += 1
         return row
 
 
@@ -489,9 +491,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     if cfg.export_if_better:
         # Only a probe decides; a stop signal means "stop now", so it skips the final probe.
         due = prober is not None and not interrupted and state.core_seconds > prober.last_at
-        row = prober(state, result) if due and prober is not None else None
+        if due and prober is not None:
+            prober(state, result)
         logger.info("checkpoint in %s; the shipped weights change only when a probe beats them", out)
-        return {**result, "exported": bool(row and row["exported"])}
+        return {**result, "exported": bool(prober and prober.exports)}
     grid = sample_grid(state, cfg, out / "samples" / f"step_{state.step:07d}.png")
     if replaces_better_model(cfg.export, result["images_seen_total"]) and not cfg.overwrite_export:
         logger.warning(
