@@ -68,6 +68,7 @@ def test_a_finished_stream_sends_its_end_event_and_closes(client: TestClient, re
     assert end["id"] == newest[0][0].decode()
     again = client.get(f"/jobs/{job_id}/events", headers={"X-API-Key": "key-a", "Last-Event-ID": end["id"]})
     assert [f["event"] for f in parse(again.text)] == ["end"]  # a reconnect after the end gets it again, and closes
+    assert client.app.state.open_streams == 0  # type: ignore[attr-defined]  # closed streams free their place
 
 
 def test_only_the_owner_may_stream(client: TestClient) -> None:
