@@ -37,6 +37,7 @@ def params_from_request(pipeline: DiffusionPipeline, request: dict[str, Any]) ->
             pipeline.config.class_names,
         ),
         guidance_scale=float(request.get("guidance_scale", 1.0)),
+        guidance_interval=request.get("guidance_interval"),
     )
     pipeline.check(params)
     return params

@@ -2,6 +2,8 @@
 
 python -m diffusion_worker.sample --n 16 --steps 1000 --out grid.png
 python -m diffusion_worker.sample --n 8 --steps 50 --class-label cat --guidance-scale 3 --out cats.png
+python -m diffusion_worker.sample --n 8 --steps 20 --sampler dpmpp_2m --class-label all --guidance-scale 3 \
+    --guidance-interval 0.28 5.42 --out dpm.png
 """
 
 from __future__ import annotations
@@ -38,15 +40,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=1000, help="denoising steps (DDPM needs all of them)")
     p.add_argument(
         "--sampler", choices=[k.value for k in SamplerKind], default=None,
-        help="default: ddpm when --steps equals the model's T, else ddim",
+        help="default: ddpm when --steps equals the model's T, else ddim; dpmpp_2m: DPM-Solver++(2M), few steps",
     )  # fmt: skip
     p.add_argument("--eta", type=float, default=0.0, help="DDIM stochasticity (0 deterministic, 1 DDPM-like)")
-    p.add_argument("--spacing", choices=[k.value for k in Spacing], default=Spacing.UNIFORM.value)
+    p.add_argument(
+        "--spacing", choices=[k.value for k in Spacing], default=None,
+        help="timesteps of ddim / dpmpp_2m; default: uniform in t for ddim, uniform in log-SNR (logsnr) for dpmpp_2m",
+    )  # fmt: skip
     p.add_argument(
         "--variance", choices=[k.value for k in VarianceKind], default=VarianceKind.BETA.value,
         help="DDPM reverse variance: beta_t or the posterior beta_tilde_t",
     )  # fmt: skip
     p.add_argument("--guidance-scale", type=float, default=1.0, help="classifier-free guidance scale (1 = none)")
+    p.add_argument(
+        "--guidance-interval", type=float, nargs=2, metavar=("SIGMA_LO", "SIGMA_HI"), default=None,
+        help="guide only at steps with sigma_t = sqrt((1 - alpha_bar_t) / alpha_bar_t) in (SIGMA_LO, SIGMA_HI]",
+    )  # fmt: skip
     p.add_argument("--precision", choices=[k.value for k in Precision], default=Precision.FP32.value)
     return p
 
@@ -67,6 +76,7 @@ def params_from_args(args: argparse.Namespace, pipeline: DiffusionPipeline) -> S
         variance=args.variance,
         labels=labels_for(pipeline, args.class_label, args.n),
         guidance_scale=args.guidance_scale,
+        guidance_interval=args.guidance_interval,
     )
     pipeline.check(params)
     return params

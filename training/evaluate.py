@@ -1,6 +1,8 @@
 """Evaluate a generative model in the CIFAR-10 classifier's feature space: FID, KID, class agreement.
 
     python -m training.evaluate --model diffusion --n 1000 --sampler ddim --steps 100 --guidance-scale 3 --calibrate
+    python -m training.evaluate --model diffusion --n 1000 --sampler dpmpp_2m --steps 20 --guidance-scale 3 \
+        --guidance-interval 0.28 5.42
     python -m training.evaluate --model ebm --n 1000 --calibrate
     python -m training.evaluate --model diffusion --inception-weights pt_inception-2015-12-05.pth   # + standard FID
 
@@ -45,9 +47,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", choices=MODELS, default="diffusion", help="what to evaluate")
     p.add_argument("--weights", default=None, help="model directory (default models/<model>)")
     p.add_argument("--n", type=int, default=1000, help="number of images per row (default 1000)")
-    p.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim", help="diffusion sampler")
-    p.add_argument("--steps", type=int, default=None, help="DDIM steps (default 100) or Langevin steps (card)")
+    p.add_argument("--sampler", choices=("ddim", "ddpm", "dpmpp_2m"), default="ddim", help="diffusion sampler")
+    p.add_argument(
+        "--steps", type=int, default=None, help="DDIM / DPM-Solver++ steps (default 100) or Langevin steps (card)"
+    )
     p.add_argument("--guidance-scale", type=float, default=1.0, help="classifier-free guidance (diffusion)")
+    p.add_argument(
+        "--guidance-interval", type=float, nargs=2, metavar=("SIGMA_LO", "SIGMA_HI"), default=None,
+        help="guide only at steps with sigma_t in (SIGMA_LO, SIGMA_HI] (diffusion; default: every step)",
+    )  # fmt: skip
     p.add_argument("--class-label", default="all", help="'all' (label i %% 10), a class name or index, or 'none'")
     p.add_argument("--seed", type=int, default=0, help="image i uses seed + i (default 0)")
     p.add_argument("--calibrate", action="store_true", help="add the real-subset, noise and untrained rows")
@@ -84,6 +92,7 @@ def row_specs(args: argparse.Namespace) -> list[SourceSpec]:
         sampler=args.sampler,
         steps=args.steps,
         guidance_scale=args.guidance_scale,
+        guidance_interval=tuple(args.guidance_interval) if args.guidance_interval else None,
         untrained_of=untrained_of,
         data=args.data,
         data_cache=args.data_cache,

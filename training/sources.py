@@ -50,8 +50,9 @@ class SourceSpec:
     class_label: str | None = "all"  # "all": label i % num_classes; a name or index; None: unconditional
     weights: str | None = None  # model directory; default models/<model>
     sampler: str = "ddim"
-    steps: int | None = None  # DDIM steps (diffusion) or Langevin steps (EBM); None: the model's default
+    steps: int | None = None  # DDIM / DPM-Solver++ steps (diffusion) or Langevin steps (EBM); None: the default
     guidance_scale: float = 1.0
+    guidance_interval: tuple[float, float] | None = None  # (sigma_lo, sigma_hi]: guide only there (diffusion)
     untrained_of: str = "diffusion"  # the architecture the 'untrained' row samples with random weights
     data: str = ""
     data_cache: str = ""
@@ -97,7 +98,9 @@ def _in_batches(
 def _diffusion(spec: SourceSpec, pipeline: DiffusionPipeline) -> tuple[torch.Tensor, list, dict]:
     labels = requested_labels(spec.class_label, spec.n, pipeline.config.num_classes, pipeline.resolve_label)
     steps = spec.steps or (pipeline.diffusion.num_timesteps if spec.sampler == "ddpm" else 100)
-    params = dict(sampler=spec.sampler, steps=steps, guidance_scale=spec.guidance_scale)
+    params: dict[str, Any] = dict(sampler=spec.sampler, steps=steps, guidance_scale=spec.guidance_scale)
+    if spec.guidance_interval is not None:
+        params["guidance_interval"] = tuple(spec.guidance_interval)
 
     def make(seeds: tuple[int, ...], chunk: slice) -> torch.Tensor:
         return pipeline.sample(SampleParams(seeds=seeds, labels=tuple(labels[chunk]), **params))  # type: ignore[arg-type]
@@ -174,6 +177,8 @@ def make_samples(spec: SourceSpec, repo_root: Path, num_classes: int = 10) -> tu
 
 def cache_key(spec: SourceSpec, repo_root: Path) -> str:
     fields = {k: v for k, v in dataclasses.asdict(spec).items() if k not in ("batch_size", "device", "data_cache")}
+    if fields.get("guidance_interval") is None:  # keys made before the field existed stay valid
+        fields.pop("guidance_interval", None)
     if spec.model in ("diffusion", "ebm", "untrained"):
         model = spec.untrained_of if spec.model == "untrained" else spec.model
         directory = spec.weights or default_weights(model, repo_root)

@@ -51,7 +51,11 @@ def _accept(
 def generate_diffusion(
     body: DiffusionRequest, store: StoreDep, settings: SettingsDep, who: Caller, request: Request, response: Response
 ) -> JobAccepted:
-    """Queue a DDPM (1000 steps) or DDIM (fewer steps) job."""
+    """Queue a diffusion job: DDPM (all 1000 steps), DDIM or DPM-Solver++(2M) (`sampler`, fewer steps).
+
+    Classifier-free guidance (`guidance_scale`) acts on images with a class label only, and with
+    `guidance_interval` only at steps whose noise level sigma_t lies in (sigma_lo, sigma_hi].
+    """
     return _accept("diffusion", body, store, settings, who, request, response)
 
 

@@ -100,7 +100,9 @@ function request() {
     body.sampler = $("sampler").value;
     body.steps = number("steps");
     body.guidance_scale = number("guidance") ?? 1;
-    body.eta = number("eta") ?? 0;
+    if (body.sampler !== "dpmpp_2m") body.eta = number("eta") ?? 0;  // DPM-Solver++ is deterministic
+    const lo = number("guidance-lo"), hi = number("guidance-hi");
+    if (lo !== null || hi !== null) body.guidance_interval = [lo ?? 0, hi ?? 1e6];  // the API says what is wrong
   } else {
     for (const [id, field] of [["steps", "steps"], ["step-size", "step_size"], ["noise-scale", "noise_scale"]]) {
       const v = number(id);
@@ -143,6 +145,8 @@ function fillForm(model_, params) {
     $("sampler").value = params.sampler || (params.steps === 1000 ? "ddpm" : "ddim");
     $("guidance").value = params.guidance_scale ?? 1;
     $("eta").value = params.eta ?? 0;
+    $("guidance-lo").value = params.guidance_interval ? params.guidance_interval[0] : "";
+    $("guidance-hi").value = params.guidance_interval ? params.guidance_interval[1] : "";
   } else {
     $("step-size").value = params.step_size ?? "";
     $("noise-scale").value = params.noise_scale ?? "";

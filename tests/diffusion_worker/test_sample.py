@@ -81,6 +81,41 @@ def test_params_carry_every_option(tiny_pipeline: DiffusionPipeline) -> None:
     )
 
 
+def test_params_carry_dpmpp_2m_and_a_guidance_interval(tiny_pipeline: DiffusionPipeline) -> None:
+    args = args_for("--n", "2", "--steps", "8", "--sampler", "dpmpp_2m", "--class-label", "red", "--guidance-scale",
+                    "3", "--guidance-interval", "0.5", "4")  # fmt: skip
+    params = params_from_args(args, tiny_pipeline)
+    assert params.sampler is SamplerKind.DPMPP_2M and params.guidance_interval == (0.5, 4.0)
+    assert params.spacing is None  # the sampler's own: logsnr for dpmpp_2m
+
+
+def test_params_reject_a_reversed_guidance_interval(tiny_pipeline: DiffusionPipeline) -> None:
+    with pytest.raises(ValueError, match="guidance_interval"):
+        params_from_args(args_for("--steps", "8", "--guidance-interval", "4", "0.5"), tiny_pipeline)
+
+
+def test_worker_request_carries_dpmpp_2m_and_the_interval(tiny_pipeline: DiffusionPipeline) -> None:
+    from diffusion_worker.jobs import params_from_request
+
+    request = {"num_images": 2, "steps": 8, "seed": 5, "sampler": "dpmpp_2m", "class_label": "1",
+               "guidance_scale": 2.0, "guidance_interval": [0.1, 3]}  # fmt: skip
+    params = params_from_request(tiny_pipeline, request)
+    assert params == SampleParams(seeds=(5, 6), sampler="dpmpp_2m", steps=8, labels=(1, 1), guidance_scale=2.0,
+                                  guidance_interval=(0.1, 3.0))  # fmt: skip
+    assert params_from_request(tiny_pipeline, {**request, "guidance_interval": None}).guidance_interval is None
+
+
+def test_main_samples_with_dpmpp_2m(weights_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "dpm.png"
+    assert main(cli(weights_dir, out, "--n", "2", "--steps", "6", "--sampler", "dpmpp_2m", "--class-label", "all",
+                    "--guidance-scale", "2", "--guidance-interval", "0.2", "5", "--seed", "4")) == 0  # fmt: skip
+    pipeline = DiffusionPipeline.from_pretrained(weights_dir, device="cpu")
+    expected = generate(pipeline, SampleParams(seeds=(4, 5), sampler="dpmpp_2m", steps=6, labels=(0, 1),
+                                               guidance_scale=2.0, guidance_interval=(0.2, 5.0)))  # fmt: skip
+    for k in range(2):  # the same path and batch shape: the same bytes
+        assert png_pixels(tmp_path / "dpm_images" / f"{k}.png")[1] == expected[k].permute(1, 2, 0).numpy().tobytes()
+
+
 def test_params_reject_short_ddpm(tiny_pipeline: DiffusionPipeline) -> None:
     with pytest.raises(ValueError, match="ddim"):
         params_from_args(args_for("--sampler", "ddpm", "--steps", "5"), tiny_pipeline)

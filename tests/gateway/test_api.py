@@ -50,6 +50,13 @@ def test_accepted_job_has_location_seed_and_queue_position(client: TestClient) -
         ("diffusion", {"sampler": "euler"}, "sampler"),
         ("diffusion", {"eta": 1.5}, "eta"),
         ("diffusion", {"guidance_scale": -1}, "guidance_scale"),
+        ("diffusion", {"guidance_interval": [1.0]}, "guidance_interval"),
+        ("diffusion", {"guidance_interval": [1.0, 2.0, 3.0]}, "guidance_interval"),
+        ("diffusion", {"guidance_interval": "wide"}, "guidance_interval"),
+        ("diffusion", {"guidance_interval": [2.0, 1.0]}, "guidance_interval"),
+        ("diffusion", {"guidance_interval": [1.0, 1.0]}, "guidance_interval"),
+        ("diffusion", {"guidance_interval": [-0.5, 1.0]}, "guidance_interval"),
+        ("diffusion", {"guidance_interval": [0.0, 1e7]}, "guidance_interval"),
         ("diffusion", {"class_label": 10}, "class_label"),
         ("diffusion", {"class_label": "unicorn"}, "class_label"),
         ("diffusion", {"class_label": True}, "class_label"),
@@ -85,6 +92,33 @@ def test_ddpm_with_fewer_than_1000_steps_is_422(client: TestClient) -> None:
     assert response.status_code == 422 and "ddim" in response.json()["detail"][0]["msg"]
 
 
+def test_dpmpp_2m_and_a_guidance_interval_are_accepted_and_recorded(client: TestClient) -> None:
+    body = {
+        "steps": 20,
+        "sampler": "dpmpp_2m",
+        "class_label": "cat",
+        "guidance_scale": 3,
+        "guidance_interval": [0.3, 5],
+    }
+    accepted = client.post("/generate/diffusion", json=body)
+    assert accepted.status_code == 202
+    parameters = client.get(f"/jobs/{accepted.json()['job_id']}").json()["parameters"]
+    assert parameters["sampler"] == "dpmpp_2m" and parameters["guidance_interval"] == [0.3, 5.0]
+
+
+def test_guidance_interval_errors_say_what_is_wrong(client: TestClient) -> None:
+    response = client.post("/generate/diffusion", json={"guidance_interval": [2, 1]})
+    assert response.status_code == 422 and "sigma_lo < sigma_hi" in response.json()["detail"][0]["msg"]
+    raw = '{"guidance_interval": [0, Infinity]}'  # what Python's json.dumps writes for inf
+    response = client.post("/generate/diffusion", content=raw, headers={"content-type": "application/json"})
+    assert response.status_code == 422 and "finite" in response.json()["detail"][0]["msg"]
+
+
+def test_dpmpp_2m_with_eta_is_422(client: TestClient) -> None:
+    response = client.post("/generate/diffusion", json={"sampler": "dpmpp_2m", "steps": 20, "eta": 0.5})
+    assert response.status_code == 422 and "deterministic" in response.json()["detail"][0]["msg"]
+
+
 def test_unknown_jobs_are_404(client: TestClient) -> None:
     for path in ("/jobs/not-a-uuid", "/jobs/00000000-0000-4000-8000-000000000000/grid.png"):
         assert client.get(path).status_code == 404
@@ -114,7 +148,9 @@ def test_ready_reports_the_text_service_without_depending_on_it(client: TestClie
     health = {"status": "degraded", "models": {"bigram": {"loaded": True, "detail": "ok"},
                                                "lstm": {"loaded": False, "detail": "no weights"},
                                                "embeddings": {"loaded": True, "detail": "ok"}}}  # fmt: skip
-    mock = httpx.AsyncClient(transport=httpx.MockTransport(lambda r: httpx.Response(200, json=health)), base_url="http://t")
+    mock = httpx.AsyncClient(
+        transport=httpx.MockTransport(lambda r: httpx.Response(200, json=health)), base_url="http://t"
+    )
     client.app.dependency_overrides[get_text_client] = lambda: mock  # type: ignore[attr-defined]
     try:
         up = client.get("/ready")

@@ -41,6 +41,17 @@ def test_the_page_works_offline() -> None:
         assert "@import" not in text and "url(http" not in text, path.name
 
 
+def test_the_page_offers_every_sampler_and_the_guidance_interval(client: TestClient) -> None:
+    schema = client.get("/openapi.json").json()["components"]["schemas"]["DiffusionRequest"]["properties"]
+    api_samplers = {value for option in schema["sampler"]["anyOf"] for value in option.get("enum", ())}
+    page = client.get("/").text
+    select = page[page.index('<select id="sampler"') : page.index("</select>", page.index('<select id="sampler"'))]
+    assert set(re.findall(r'<option value="([a-z0-9_]+)"', select)) == api_samplers == {"ddpm", "ddim", "dpmpp_2m"}
+    assert 'id="guidance-lo"' in page and 'id="guidance-hi"' in page
+    script = client.get("/static/app.js").text
+    assert "body.guidance_interval" in script
+
+
 def test_the_page_is_not_part_of_the_api_schema(client: TestClient) -> None:
     paths = set(client.get("/openapi.json").json()["paths"])
     assert "/" not in paths and not any(p.startswith("/static") for p in paths)

@@ -118,3 +118,29 @@ def test_the_sample_cache_is_keyed_by_the_model_card_as_well_as_the_weights(tmp_
     card["sampling"]["step_size"] = 4.0
     (directory / "config.json").write_text(json.dumps(card))
     assert cache_key(spec, tmp_path) != before
+
+
+def test_the_sample_cache_key_keeps_old_keys_and_tells_guidance_intervals_apart() -> None:
+    """A spec without a guidance interval hashes as before the field existed (caches stay valid);
+    with one, another key per interval."""
+    import dataclasses
+    import hashlib
+
+    from training.sources import SourceSpec, cache_key
+
+    spec = SourceSpec(model="noise", n=4)
+    fields = {k: v for k, v in dataclasses.asdict(spec).items() if k not in ("batch_size", "device", "data_cache")}
+    del fields["guidance_interval"]
+    old = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+    assert cache_key(spec, Path(".")) == old
+    narrow = cache_key(dataclasses.replace(spec, guidance_interval=(0.3, 5.0)), Path("."))
+    wide = cache_key(dataclasses.replace(spec, guidance_interval=(0.0, 80.0)), Path("."))
+    assert len({old, narrow, wide}) == 3
+
+
+def test_evaluate_passes_dpmpp_2m_and_the_interval_to_the_sampler() -> None:
+    from training.evaluate import build_parser, row_specs
+
+    args = build_parser().parse_args(["--sampler", "dpmpp_2m", "--steps", "20", "--guidance-interval", "0.3", "5"])
+    (spec,) = row_specs(args)
+    assert spec.sampler == "dpmpp_2m" and spec.steps == 20 and spec.guidance_interval == (0.3, 5.0)

@@ -262,10 +262,42 @@ def test_a_mixed_batch_guides_only_its_labelled_samples(
     torch.testing.assert_close(mixed[1:2], unguided, atol=1e-5, rtol=0)
 
 
+def test_guidance_interval_skips_the_unconditional_pass_outside_it(
+    tiny_pipeline: DiffusionPipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shared.diffusion.samplers import ddim_timesteps, edm_sigmas
+
+    taus = list(reversed(ddim_timesteps(100, 10)))
+    sigmas = edm_sigmas(tiny_pipeline.diffusion.alphas_cumprod)[taus]
+    lo, hi = float(sigmas[7]), float(sigmas[2])  # (lo, hi]: the 3rd to 7th of the 10 steps
+    calls = count_rows(tiny_pipeline, monkeypatch)
+    params = ddim(seeds=(0, 1), steps=10, labels=(1, None), guidance_scale=3.0, guidance_interval=(lo, hi))
+    inside = tiny_pipeline.sample(params)
+    assert [len(rows) for rows in calls] == [2, 2, 3, 3, 3, 3, 3, 2, 2, 2]
+    # Guidance in the interval does something, and the whole range of sigma is guidance everywhere.
+    everywhere = tiny_pipeline.sample(ddim(seeds=(0, 1), steps=10, labels=(1, None), guidance_scale=3.0))
+    nowhere = tiny_pipeline.sample(ddim(seeds=(0, 1), steps=10, labels=(1, None), guidance_scale=1.0))
+    assert (inside[0] - everywhere[0]).abs().max() > 1e-3 and (inside[0] - nowhere[0]).abs().max() > 1e-3
+    whole = ddim(seeds=(0, 1), steps=10, labels=(1, None), guidance_scale=3.0, guidance_interval=(0, 1e6))
+    assert torch.equal(tiny_pipeline.sample(whole), everywhere)
+
+
 def test_labels_change_samples(tiny_pipeline: DiffusionPipeline) -> None:
     a = tiny_pipeline.sample(ddim(seeds=(0,), labels=(0,)))
     b = tiny_pipeline.sample(ddim(seeds=(0,), labels=(1,)))
     assert not torch.equal(a, b)
+
+
+def test_dpmpp_2m_through_the_pipeline(tiny_pipeline: DiffusionPipeline) -> None:
+    params = SampleParams(seeds=(0, 1), sampler="dpmpp_2m", steps=6, labels=(1, None), guidance_scale=2.0)
+    out = tiny_pipeline.sample(params)
+    assert out.shape == (2, 3, 8, 8) and out.abs().max() <= 1 and out.std() > 0.05
+    assert torch.equal(out, tiny_pipeline.sample(params))  # same path, same shapes: same bits
+    ddim_run = tiny_pipeline.sample(ddim(steps=6, labels=(1, None), guidance_scale=2.0))
+    assert (out - ddim_run).abs().max() > 1e-3  # another solver, not DDIM under a new name
+    seen: list[tuple[int, int]] = []
+    tiny_pipeline.sample(params, callback=lambda step, total, x0: seen.append((step, total)))
+    assert seen == [(k, 6) for k in range(1, 7)]
 
 
 def test_callback_sees_every_step(tiny_pipeline: DiffusionPipeline) -> None:
@@ -311,9 +343,24 @@ def test_params_negative_guidance() -> None:
         SampleParams(seeds=(0,), guidance_scale=-0.5)
 
 
+@pytest.mark.parametrize("interval", [(1.0, 1.0), (2.0, 1.0), (-0.1, 1.0), (0.0, float("inf")), (1.0,)])
+def test_params_reject_bad_guidance_intervals(interval: tuple[float, ...]) -> None:
+    with pytest.raises(ValueError, match="guidance_interval"):
+        SampleParams(seeds=(0,), guidance_interval=interval)  # type: ignore[arg-type]
+
+
+def test_params_normalise_the_guidance_interval() -> None:
+    assert SampleParams(seeds=(0,), guidance_interval=[0, 3]).guidance_interval == (0.0, 3.0)  # type: ignore[arg-type]
+
+
+def test_dpmpp_2m_has_no_eta() -> None:
+    with pytest.raises(ValueError, match="eta"):
+        SampleParams(seeds=(0,), sampler="dpmpp_2m", steps=10, eta=0.5)
+
+
 @pytest.mark.parametrize(
     ("field", "allowed"),
-    [("sampler", "ddpm, ddim"), ("spacing", "uniform, quadratic"), ("variance", "beta, posterior")],
+    [("sampler", "ddpm, ddim, dpmpp_2m"), ("spacing", "uniform, quadratic"), ("variance", "beta, posterior")],
 )
 def test_params_unknown_enum_lists_allowed(field: str, allowed: str) -> None:
     with pytest.raises(ValueError, match="expected one of") as info:

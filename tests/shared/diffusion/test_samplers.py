@@ -12,9 +12,12 @@ from shared.diffusion.samplers import (
     ddim_sample,
     ddim_timesteps,
     ddpm_sample,
+    dpmpp_2m_sample,
+    edm_sigmas,
     guided_eps_model,
 )
 from shared.diffusion.unet import UNet
+from shared.seeding import make_generators, randn_per_sample
 
 SHAPE = (3, 8, 8)
 
@@ -36,9 +39,25 @@ def test_uniform_spacing_with_every_step_is_the_full_chain() -> None:
 @pytest.mark.parametrize("spacing", list(Spacing))
 @pytest.mark.parametrize("steps", [2, 10, 50, 250])
 def test_ddim_timesteps_are_strictly_increasing_within_range(spacing: Spacing, steps: int) -> None:
-    taus = ddim_timesteps(1000, steps, spacing)
+    taus = ddim_timesteps(1000, steps, spacing, GaussianDiffusion().alphas_cumprod)
     assert len(taus) == steps and taus[0] == 0 and taus[-1] <= 999
     assert all(b > a for a, b in itertools.pairwise(taus))
+
+
+def test_logsnr_spacing_is_uniform_in_lambda_and_fits_any_step_count() -> None:
+    alpha_bar = GaussianDiffusion().alphas_cumprod.double()
+    lam = 0.5 * (alpha_bar.log() - (1 - alpha_bar).log())
+    taus = ddim_timesteps(1000, 20, "logsnr", alpha_bar)
+    assert taus[0] == 0 and taus[-1] == 999
+    gaps = [float(lam[a] - lam[b]) for a, b in itertools.pairwise(taus)]
+    assert max(gaps) / min(gaps) < 1.5  # about (lambda_0 - lambda_999) / 19 each; uniform in t: 11x apart
+    for steps in (999, 1000):  # more steps than distinct nearest lambdas: still distinct, still all of [0, T)
+        assert sorted(set(ddim_timesteps(1000, steps, "logsnr", alpha_bar))) == ddim_timesteps(
+            1000, steps, "logsnr", alpha_bar
+        )
+    assert ddim_timesteps(1000, 1000, "logsnr", alpha_bar) == list(range(1000))
+    with pytest.raises(ValueError, match="alphas_cumprod"):
+        ddim_timesteps(1000, 20, "logsnr")
 
 
 def test_quadratic_spacing_is_denser_near_zero() -> None:
@@ -218,3 +237,139 @@ def test_guidance_costs_one_unconditional_row_per_labelled_sample() -> None:
     calls.clear()
     assert torch.equal(guided(x, t, torch.full((3,), null)), model(x, t, torch.full((3,), null)))
     assert calls == [[null] * 3, [null] * 3]  # the wrapper's one call of B rows, then the reference call
+
+
+def test_guidance_interval_is_open_below_and_closed_above(diffusion100: GaussianDiffusion) -> None:
+    """Kynkaanniemi et al. 2024: guidance where sigma_t is in (sigma_lo, sigma_hi], sigma_t = sqrt((1 - ab) / ab)."""
+    sigmas = edm_sigmas(diffusion100.alphas_cumprod)
+    assert sigmas[50].item() == pytest.approx(
+        ((1 - diffusion100.alphas_cumprod[50]) / diffusion100.alphas_cumprod[50]).sqrt().item()
+    )
+    assert all(b > a for a, b in itertools.pairwise(sigmas.tolist()))  # increasing with t
+    null, rows = 9, []
+
+    def model(x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        rows.append(x.shape[0])
+        return x
+
+    guided = guided_eps_model(
+        model, 2.0, null, interval=(float(sigmas[20]), float(sigmas[60])), alphas_cumprod=diffusion100.alphas_cumprod
+    )
+    for step in (19, 20, 21, 60, 61):
+        guided(torch.zeros(1, 1, 1, 1), torch.tensor([step]), torch.tensor([0]))
+    assert rows == [1, 1, 2, 2, 1]
+    with pytest.raises(ValueError, match="alphas_cumprod"):
+        guided_eps_model(model, 2.0, null, interval=(0.0, 1.0))
+
+
+# -------------------------------------------------------------------------------- DPM-Solver++(2M)
+def gaussian_ode_solution(d: GaussianDiffusion, x_T: torch.Tensor, mu: torch.Tensor, s: float) -> torch.Tensor:
+    """Where the probability-flow ODE takes x_T (at t = T - 1) for data N(mu, s^2 I), then x_0 = E[x_0 | x_{t=0}].
+
+    x_t = sqrt(ab_t) x_0 + sqrt(1 - ab_t) eps with Gaussian x_0: the ODE keeps the standardised
+    z = (x_t - sqrt(ab_t) mu) / sqrt(ab_t s^2 + 1 - ab_t) constant along a trajectory (its marginals stay
+    Gaussian and the flow is affine), so x_{t=0} is exact; both samplers end with the denoiser's x_0 there.
+    """
+    ab = d.alphas_cumprod.double()
+    a_T, a_0 = ab[-1], ab[0]
+    z = (x_T.double() - a_T.sqrt() * mu) / (a_T * s * s + 1 - a_T).sqrt()
+    x_t0 = a_0.sqrt() * mu + (a_0 * s * s + 1 - a_0).sqrt() * z
+    return mu + a_0.sqrt() * s * s / (a_0 * s * s + 1 - a_0) * (x_t0 - a_0.sqrt() * mu)  # E[x_0 | x_t0]
+
+
+def analytic_run(sampler, steps: int, d: GaussianDiffusion, spacing: str = "logsnr", seeds=range(64)) -> torch.Tensor:
+    model = gaussian_denoiser(d, MU, S)
+    return sampler(model, d, list(seeds), (1, 4, 4), steps=steps, spacing=spacing, clip_denoised=False)
+
+
+@pytest.fixture(scope="module")
+def diffusion1000() -> GaussianDiffusion:
+    return GaussianDiffusion()
+
+
+MU = torch.linspace(-0.2, 0.2, 16).view(1, 4, 4)  # an "image" mean; with S = 0.2 no value reaches the final clamp
+S = 0.2
+
+
+def test_dpmpp_2m_and_ddim_converge_to_the_same_images(diffusion1000: GaussianDiffusion) -> None:
+    ddim = analytic_run(ddim_sample, 1000, diffusion1000, "uniform")  # every step
+    dpm = analytic_run(dpmpp_2m_sample, 200, diffusion1000)
+    assert (ddim - dpm).abs().max() < 1e-2  # measured 4e-3, mostly DDIM's own first-order error
+    other_seeds = analytic_run(dpmpp_2m_sample, 200, diffusion1000, seeds=range(1, 65))
+    assert (ddim - other_seeds).abs().max() > 0.3  # the tolerance is far below what another x_T gives
+
+
+def test_dpmpp_2m_is_second_order_where_ddim_is_first(diffusion1000: GaussianDiffusion) -> None:
+    """Errors against the exact ODE solution on the same (logsnr) timesteps; measured (max abs):
+
+    steps   25       50       100
+    DDIM    5.9e-2   3.0e-2   1.4e-2   (x 4 steps: / 4, first order)
+    2M      5.5e-3   1.4e-3   3.7e-4   (x 4 steps: / 15, second order)
+    """
+    x_T = randn_per_sample(make_generators(list(range(64))), (1, 4, 4))
+    exact = gaussian_ode_solution(diffusion1000, x_T, MU.double(), S)
+
+    def error(sampler, steps: int, spacing: str = "logsnr") -> float:
+        return (analytic_run(sampler, steps, diffusion1000, spacing).double() - exact).abs().max().item()
+
+    ddim25, ddim100, dpm25, dpm50, dpm100 = (
+        error(ddim_sample, 25),
+        error(ddim_sample, 100),
+        error(dpmpp_2m_sample, 25),
+        error(dpmpp_2m_sample, 50),
+        error(dpmpp_2m_sample, 100),
+    )
+    assert dpm25 < ddim25 / 5 and dpm100 < ddim100 / 10
+    assert ddim25 / ddim100 < 6  # 4x the steps: about 4x less error
+    assert dpm25 / dpm100 > 10  # about 16x less
+    assert dpm50 < error(ddim_sample, 50, "uniform") / 20  # and against the service's DDIM default
+    assert error(dpmpp_2m_sample, 50, "uniform") > 10 * dpm50  # uniform in t is the worse grid for 2M
+
+
+def test_dpmpp_2m_first_order_steps_are_ddim(tiny_unet: UNet, diffusion100: GaussianDiffusion) -> None:
+    """Two steps are the first-order start and the final x_0 step: DDIM (eta = 0) exactly, up to rounding."""
+    labels = torch.tensor([0, 2])
+    dpm = dpmpp_2m_sample(eps_fn(tiny_unet), diffusion100, [3, 4], SHAPE, steps=2, labels=labels)
+    ddim = ddim_sample(eps_fn(tiny_unet), diffusion100, [3, 4], SHAPE, steps=2, labels=labels)
+    torch.testing.assert_close(dpm, ddim, atol=1e-5, rtol=0)
+    three = dpmpp_2m_sample(eps_fn(tiny_unet), diffusion100, [3, 4], SHAPE, steps=3, labels=labels)
+    assert (
+        three - ddim_sample(eps_fn(tiny_unet), diffusion100, [3, 4], SHAPE, steps=3, labels=labels)
+    ).abs().max() > 1e-3
+
+
+def test_dpmpp_2m_seed_gives_the_same_image_alone_and_in_a_batch(
+    tiny_unet: UNet, diffusion100: GaussianDiffusion, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shared.diffusion.samplers as samplers
+
+    draws: list[int] = []
+    real = samplers.randn_per_sample
+
+    def counted(generators, shape, **kw):  # type: ignore[no-untyped-def]
+        draws.append(len(generators))
+        return real(generators, shape, **kw)
+
+    monkeypatch.setattr(samplers, "randn_per_sample", counted)
+
+    def run(seeds: list[int], labels: list[int]) -> torch.Tensor:
+        return dpmpp_2m_sample(eps_fn(tiny_unet), diffusion100, seeds, SHAPE, steps=12, labels=torch.tensor(labels))
+
+    alone = run([42], [2])
+    batch = run([7, 8, 42, 10], [0, 2, 2, 1])
+    assert draws == [1, 4]  # deterministic: x_T is each sample's only noise
+    torch.testing.assert_close(batch[2], alone[0], atol=1e-5, rtol=0)
+    assert (batch[1] - batch[2]).abs().max() > 0.1  # same label, other seed: another image
+
+
+def test_dpmpp_2m_callback_contract(tiny_unet: UNet, diffusion100: GaussianDiffusion) -> None:
+    calls: list[tuple[int, int, tuple[int, ...]]] = []
+    dpmpp_2m_sample(
+        eps_fn(tiny_unet),
+        diffusion100,
+        [0, 1],
+        SHAPE,
+        steps=5,
+        callback=lambda step, total, x0: calls.append((step, total, tuple(x0.shape))),
+    )
+    assert calls == [(i, 5, (2, *SHAPE)) for i in range(1, 6)]
