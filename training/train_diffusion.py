@@ -136,7 +136,7 @@ HELP = {
     "ema_halflife_images": "cap of the EMA half-life in images (EDM: 500k)",
     "threads": "torch CPU threads (default: torch's choice)",
     "checkpoint_minutes": "also checkpoint whenever this much wall time passed since the last one",
-    "snapshot_minutes": "export the EMA weights to <out>/snapshots/min_NNN at these core-minutes of training compute",
+    "snapshot_minutes": "export the EMA weights to <out>/snapshots/min_NNN at these core-minutes since the run began",
     "max_core_minutes": "stop after this much training compute (CPU core-minutes, probes excluded)",
     "probe_every_minutes": "score the EMA weights on fixed seeds every this many core-minutes of training",
     "probe_n": "images per probe (seeds 0..N-1, label i %% 10)",
@@ -155,7 +155,9 @@ class TrainState:
     diffusion: GaussianDiffusion
     step: int = 0
     history: dict[str, Any] = field(default_factory=dict)  # totals carried across warm starts
-    core_seconds: float = 0.0  # this run's training compute in CPU core-seconds (process time), probes excluded
+    core_seconds: float = (
+        0.0  # training compute in CPU core-seconds (process time) since the run began, probes excluded
+    )
 
     @property
     def images_seen(self) -> int:
@@ -221,6 +223,7 @@ def init_state(cfg: TrainConfig, dataset: ImageDataset, device: torch.device) ->
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
         state.step, state.history = checkpoint["step"], checkpoint["history"]
+        state.core_seconds = float(state.history.get("core_seconds", 0.0))
         set_rng_state(checkpoint["rng"])
         logger.info("resumed %s at step %d", cfg.resume, state.step)
     elif warm is not None:
@@ -251,7 +254,7 @@ def checkpoint_state(state: TrainState, cfg: TrainConfig) -> dict[str, Any]:
         "optimizer": state.optimizer.state_dict(),
         "scheduler": state.scheduler.state_dict(),
         "step": state.step,
-        "history": state.history,
+        "history": {**state.history, "core_seconds": state.core_seconds},
         "rng": rng_state(),
         "unet_config": state.unet.config.to_dict(),
         "diffusion_config": state.diffusion.config.to_dict(),
@@ -281,6 +284,7 @@ def summary(state: TrainState, cfg: TrainConfig, steps_per_epoch: int, loss: flo
         "final_loss_ema": round(loss, 5),
         "wall_minutes_this_run": round(seconds / 60, 2),
         "wall_minutes_total": round(float(state.history.get("wall_minutes_before", 0)) + seconds / 60, 2),
+        "core_minutes": round(state.core_seconds / 60, 2),
         "hardware": hardware(),
         "batch_size": cfg.batch_size,
         "lr": cfg.lr,
@@ -415,6 +419,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     model: nn.Module = torch.compile(state.unet) if cfg.compile else state.unet
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     prober = Prober(cfg) if cfg.probe_every_minutes else None
+    if prober is not None:
+        prober.last_at = state.core_seconds  # a resumed run probes one interval after it resumed
 
     steps_per_epoch = steps_in_an_epoch(dataset, cfg.batch_size)
     total_steps = cfg.epochs * steps_per_epoch
@@ -438,7 +444,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             return model(x.contiguous(memory_format=memory_format), t, y)
 
     budget, loss_ema, reason = Budget(cfg.max_minutes), math.nan, "finished"
-    snapshots = sorted(cfg.snapshot_minutes)
+    snapshots = [m for m in sorted(cfg.snapshot_minutes) if 60 * m > state.core_seconds]
     last_checkpoint = budget.elapsed
     bar = tqdm(total=total_steps, initial=state.step, desc="diffusion", unit="step", dynamic_ncols=True)
     state.unet.train()
