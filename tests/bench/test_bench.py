@@ -8,11 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from bench import report
 from bench.__main__ import main
 from bench.batching import BatchingBenchConfig, measure_batching
 from bench.sampler import compare, seeded_unet
+from shared.diffusion.pipeline import DiffusionPipeline
 from shared.diffusion.unet import UNetConfig
 from shared.weights import count_parameters
 
@@ -86,3 +88,18 @@ def test_compare_counts_identical_pixels() -> None:
     result = compare(a, b)
     assert result["max abs diff in [-1, 1]"] == 0.5
     assert result["identical uint8 values"] == pytest.approx(11 / 12)
+
+
+def test_solver_error_prints_a_row_per_sampler_and_spacing(
+    tiny_pipeline: DiffusionPipeline, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bench import solver_error
+
+    weights = tiny_pipeline.save_pretrained(tmp_path / "w", dtype=torch.float32)
+    assert (
+        solver_error.main(["--weights", str(weights), "--steps", "4", "--reference-steps", "20", "--seeds", "2"]) == 0
+    )
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 4 |")]
+    assert len(rows) == 6  # DDIM and DPM-Solver++(2M), three spacings each
+    errors = [float(row.split("|")[4]) for row in rows]
+    assert all(0 < e < 1 for e in errors)  # a few steps are close to, but not at, the reference
