@@ -5,6 +5,8 @@ the stream drops, and polls GET /jobs/{id} instead when the stream cannot be had
 
 python -m gateway.client diffusion --n 8 --steps 1000 --out out/grid.png
 python -m gateway.client diffusion --n 4 --steps 50 --class-label cat --guidance-scale 3
+python -m gateway.client diffusion --n 4 --steps 20 --sampler dpmpp_2m --class-label cat --guidance-scale 3 \
+    --guidance-interval 0.28 5.42
 python -m gateway.client ebm --n 8 --class-label ship --url http://gpu-box:8000
 """
 
@@ -37,6 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--class-label", default=None, help="a CIFAR-10 class name or index")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--guidance-scale", type=float, default=None, help="diffusion only")
+    p.add_argument("--sampler", choices=["ddpm", "ddim", "dpmpp_2m"], default=None, help="diffusion only")
+    p.add_argument(
+        "--guidance-interval", type=float, nargs=2, metavar=("SIGMA_LO", "SIGMA_HI"), default=None,
+        help="diffusion only: guide only at steps whose noise level sigma_t is in (SIGMA_LO, SIGMA_HI]",
+    )  # fmt: skip
     p.add_argument("--out", type=Path, default=Path("out/grid.png"), help="grid PNG; images go next to it")
     p.add_argument("--poll", type=float, default=0.5, help="seconds between status requests (when polling)")
     p.add_argument("--no-events", action="store_true", help="poll instead of following the event stream")
@@ -46,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def request_body(args: argparse.Namespace) -> dict[str, Any]:
     body: dict[str, Any] = {"num_images": args.n}
-    for name in ("steps", "class_label", "seed", "guidance_scale"):
+    for name in ("steps", "class_label", "seed", "guidance_scale", "sampler", "guidance_interval"):
         if getattr(args, name) is not None:
             body[name] = getattr(args, name)
     return body

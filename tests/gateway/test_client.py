@@ -49,3 +49,13 @@ def test_it_polls_when_the_stream_is_refused() -> None:
     with httpx.Client(transport=httpx.MockTransport(gateway)) as client:
         final = follow(client, URL, poll=0.01)
     assert final["status"] == "finished" and paths == [f"/jobs/{JOB}/events"] + [f"/jobs/{JOB}"] * 3
+
+
+def test_the_request_body_carries_the_sampler_and_the_guidance_interval() -> None:
+    from gateway.client import build_parser, request_body
+
+    args = build_parser().parse_args(["diffusion", "--n", "2", "--steps", "20", "--sampler", "dpmpp_2m",
+                                      "--guidance-scale", "3", "--guidance-interval", "0.3", "5"])  # fmt: skip
+    assert request_body(args) == {"num_images": 2, "steps": 20, "guidance_scale": 3.0, "sampler": "dpmpp_2m",
+                                  "guidance_interval": [0.3, 5.0]}  # fmt: skip
+    assert request_body(build_parser().parse_args(["diffusion"])) == {"num_images": 4}
