@@ -205,9 +205,11 @@ class DiffusionPipeline:
         step; with `guidance_interval`, labelled rows are guided only at steps whose sigma_t lies in it.
         """
 
-        def eps(x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        def network(x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
             with autocast(self.device, self.precision):
                 return self.forward(x.contiguous(memory_format=self.memory_format), t, labels).float()
+
+        eps = self.diffusion.eps_model(network)  # the network's eps, v or EDM output turned into eps
 
         return guided_eps_model(
             eps,
