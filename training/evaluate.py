@@ -64,8 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--untrained-steps",
         type=int,
         default=None,
-        help="steps of the untrained row (default --steps); a fresh UNet predicts eps = 0 (its output "
-        "layer starts at zero), so its DDIM images are the same for any step count",
+        help="steps of the untrained row (default --steps); a fresh UNet's output layer starts at zero, so an "
+        "eps-prediction UNet predicts eps = 0 and its DDIM images hardly depend on the step count (v and EDM "
+        "UNets then predict a shrunk x_t instead: give them the real step count)",
     )
     p.add_argument("--classifier", default=str(REPO_ROOT / "models" / "classifier"), help="feature network")
     p.add_argument("--reference-size", type=int, default=10_000, help="test images in the reference set")
