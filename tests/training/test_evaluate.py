@@ -8,23 +8,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
 
 from shared.classifier import Classifier, ClassifierConfig, save_classifier
+from tests.training.conftest import two_class_folder
 from training.evaluate import main
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     root = tmp_path_factory.mktemp("tiny-eval")
-    gen = torch.Generator().manual_seed(0)
-    for split in ("train", "test"):
-        for label, name in enumerate(("dark", "light")):
-            folder = root / "data" / split / name
-            folder.mkdir(parents=True)
-            for k in range(12):
-                img = (0.25 + 0.5 * label + 0.1 * torch.randn(32, 32, 3, generator=gen)).clamp(0, 1)
-                Image.fromarray((img * 255).to(torch.uint8).numpy()).save(folder / f"{k}.png")
+    two_class_folder(root / "data", per_class=12)
     torch.manual_seed(0)
     net = Classifier(ClassifierConfig(stem_channels=4, widths=(8, 16), num_classes=2, class_names=("dark", "light")))
     save_classifier(net.eval(), root / "classifier", training={"test_accuracy": 0.5})

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
 from torch import nn
 
 from shared.classifier import Classifier, ClassifierConfig, load_classifier, save_classifier
 from shared.diffusion.pipeline import DiffusionPipeline
 from shared.diffusion.process import DiffusionConfig, GaussianDiffusion
 from shared.diffusion.unet import UNet, UNetConfig
+from tests.training.conftest import two_class_folder
 from training import quality
 from training.common import REPO_ROOT, load_checkpoint, make_ema
 from training.continue_diffusion import RECIPE, recipe_architecture, shipped_matches, starting_point
@@ -44,14 +44,8 @@ TINY_FLAGS = [
 def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A 2-class 32x32 ImageFolder (train and test) and a tiny classifier."""
     root = tmp_path_factory.mktemp("standing")
-    gen = torch.Generator().manual_seed(0)
-    for split in ("train", "test"):
-        for label, name in enumerate(CLASSES):
-            folder = root / "data" / split / name
-            folder.mkdir(parents=True)
-            for k in range(8):
-                img = (0.25 + 0.5 * label + 0.1 * torch.randn(32, 32, 3, generator=gen)).clamp(0, 1)
-                Image.fromarray((img * 255).to(torch.uint8).numpy()).save(folder / f"{k}.png")
+    two_class_folder(root / "data", per_class=8, classes=CLASSES)
+    gen = torch.Generator().manual_seed(1)
     torch.manual_seed(0)
     net = Classifier(ClassifierConfig(stem_channels=4, widths=(8, 16), num_classes=2, class_names=CLASSES))
     # BatchNorm statistics from a batch of varied images, so that the random features do not collapse
