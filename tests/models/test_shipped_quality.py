@@ -73,7 +73,7 @@ def test_the_shipped_classifier_is_well_above_chance(real: tuple[torch.Tensor, t
 
 
 # ------------------------------------------------------------------------------------- diffusion
-DENOISING_CEILING = 0.15  # eps-prediction MSE; predicting eps = 0 scores 1.0
+DENOISING_CEILING = 0.15  # MSE of the eps the network implies: shipped v-model 0.07, fresh 0.40, eps = 0: 1.0
 
 
 @torch.no_grad()
@@ -94,7 +94,9 @@ def test_the_shipped_diffusion_model_denoises_held_out_images(real: tuple[torch.
     assert denoising_error(untrained, x, y) > DENOISING_CEILING
 
 
-AGREEMENT_FLOOR = 0.15  # of 30 guided 10-step DDIM samples, 3 per class; chance is 0.10
+# Of 30 guided 10-step DDIM samples, 3 per class; chance is 0.10. Measured: the shipped weights (v-prediction,
+# 23,616 images) 0.43; the weights they replaced (eps, 27,200 images) 0.23; a fresh UNet 0.10.
+AGREEMENT_FLOOR = 0.35
 
 
 def short_sample_agreement(pipeline: DiffusionPipeline, classifier: Classifier, steps: int) -> float:
@@ -104,9 +106,9 @@ def short_sample_agreement(pipeline: DiffusionPipeline, classifier: Classifier, 
 
 
 def test_short_guided_samples_of_the_shipped_diffusion_model_show_their_class() -> None:
-    """The placeholder weights (half an epoch) are barely above chance here; raise the floor towards the
-    issue's 80% as trained weights ship. A fresh UNet predicts eps = 0, so its images (saturated noise)
-    are the same for any step count, and one step shows it."""
+    """Raise the floor towards the issue's 80% as better weights ship (the standing run exports only
+    weights that beat the shipped ones). A fresh UNet's output layer starts at zero, so its images hardly
+    depend on the step count, and one step shows it."""
     pipeline = DiffusionPipeline.from_pretrained(MODELS / "diffusion", device="cpu")
     classifier = load_classifier(MODELS / "classifier")
     assert short_sample_agreement(pipeline, classifier, steps=10) >= AGREEMENT_FLOOR
