@@ -67,7 +67,16 @@ from training.common import (
     warmup_lambda,
 )
 from training.data import ImageDataset
-from training.quality import ProbeSpec, QualityProbe, append_history, beats, comparable, hardware
+from training.quality import (
+    ProbeSpec,
+    QualityProbe,
+    append_history,
+    beats,
+    comparable,
+    hardware,
+    plot_history,
+    read_history,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -324,6 +333,9 @@ def train_step(
     return loss.item()
 
 
+HISTORY_TITLE = "diffusion: every probe of every run (N = 500, DDIM 20, guidance 3, classifier space)"
+
+
 class Prober:
     """Scores the EMA weights every `probe_every_minutes` of training time; exports those that beat the shipped ones."""
 
@@ -381,6 +393,7 @@ class Prober:
         }
         if self.cfg.history:
             append_history(self.cfg.history, row)
+            plot_history(read_history(self.cfg.history), Path(self.cfg.history).with_suffix(".png"), HISTORY_TITLE)
         logger.info(
             "probe at %d images: FID %.2f, class agreement %s (shipped: %s)%s",
             row["images_seen_total"], quality["fid"], quality["class_agreement"],

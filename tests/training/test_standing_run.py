@@ -102,6 +102,7 @@ def test_probes_export_only_weights_that_beat_the_shipped_ones(setup: dict[str, 
     assert [r["step"] for r in rows] == [1, 2, 3]
     assert all(r["exported"] is False and r["run"] == "test" and r["fid"] >= 0 for r in rows)
     assert [r["images_seen_total"] for r in rows] == [8, 16, 24]  # a fresh run (no --resume): 8 per step
+    assert (tmp_path / "history.png").read_bytes()[:4] == b"\x89PNG"  # the learning curve, re-plotted per probe
 
     ship(shipped, claimed(setup, fid=1e9, agreement=0.0))  # now anything beats it
     result = train(dataclasses.replace(cfg, out=str(tmp_path / "state2"), max_steps=1))
