@@ -104,6 +104,9 @@ def build_continue_parser() -> argparse.ArgumentParser:
     parser = build_parser()
     parser.description = __doc__
     parser.add_argument("--state-dir", default=None, help="training state folder (default: see above)")
+    parser.add_argument(
+        "--warm-start-from", default=str(SHIPPED), help="weights a run without state starts from (if the recipe's)"
+    )
     defaults = {
         **RECIPE,
         "epochs": 1_000_000,
@@ -125,7 +128,7 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, str]:
     cfg = dataclass_from_args(TrainConfig, args)
     resume, why = (args.resume, f"resuming from --resume {args.resume}") if args.resume else (None, "")
     if resume is None:
-        resume, why = starting_point(cfg, state_dir, Path(cfg.export))
+        resume, why = starting_point(cfg, state_dir, Path(args.warm_start_from))
     return dataclasses.replace(cfg, out=str(state_dir), resume=resume), why
 
 

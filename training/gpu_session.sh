@@ -7,10 +7,14 @@
 # In order (each step's output lands in $OUT as soon as it exists, so a run cut short by its time
 # limit still brings back what it made):
 #   1. decode CIFAR-10 once into $DATA_CACHE, so the two trainers and the evaluation share it;
-#   2. train, side by side on the one GPU, the diffusion UNet warm-started from models/diffusion (bf16
-#      autocast, channels_last, batch 256) and the EBM warm-started from models/ebm; the budgets shrink
-#      if decoding was slow, so that training, export and evaluation end before $DEADLINE seconds;
-#      each trainer exports into $WORK/models/<name> (never into models/ directly);
+#   2. train, side by side on the one GPU, the diffusion UNet and the EBM. The diffusion model continues
+#      the standing run (training/continue_diffusion.py: the same recipe as `make train-continue`, bf16
+#      autocast, channels_last, batch 256): from its full state when $STATE_DIR holds one (copy
+#      ~/.cache/genservice/diffusion-standing to data/diffusion-state and carry it), else warm-started
+#      from models/diffusion. The EBM warm-starts from models/ebm. The budgets shrink if decoding was
+#      slow, so that training, export and evaluation end before $DEADLINE seconds; each trainer exports
+#      into $WORK/models/<name> (never into models/ directly), and the diffusion run's state is packed
+#      into $OUT/diffusion-state.tar.part00, 01, ... so the CPU standing run continues from it;
 #   3. pack each exported model into $OUT/<name>.tar the moment its trainer ends;
 #   4. evaluate both at N = 1000 with calibration rows, in the shipped classifier's feature space,
 #      on the GPU (training/evaluate.py), and pack the results and grids into $OUT/eval.tar.
@@ -18,7 +22,8 @@
 # the repository root: `tar -xf diffusion.tar` (and ebm.tar) replaces models/<name>/; `tar -xf eval.tar
 # -C runs/` gives runs/eval/<name>/results.json and grid-<row>.png (copy results.json to
 # models/<name>/eval.json and grid-<name>.png to models/<name>/samples-per-class.png); then update
-# models/README.md.
+# models/README.md. `cat diffusion-state.tar.part* | tar -x -C ~/.cache/genservice` gives the standing run its new
+# state (diffusion-standing/checkpoint.pt), so `make train-continue` goes on from where the GPU stopped.
 #
 # Environment (defaults for the H200): PYTHON (.venv/bin/python if present, else python3), DATA (the
 # CIFAR-10 archive: data/cifar10-jpeg.tar.gz, else ../shared/data/cifar10-jpeg.tar.gz — the device
@@ -26,7 +31,8 @@
 # seconds from the start by which everything is packed), DIFFUSION_MINUTES (6), EBM_MINUTES (5.5),
 # EVAL_RESERVE (150: seconds kept for export + evaluation), EVAL_N (1000), EVAL_STEPS (100), GUIDANCE
 # (3), OUT (out/gpu-session), WORK (runs/gpu-session: checkpoints, exports, logs), DATA_CACHE
-# (data/cache), DIFFUSION_ARGS / EBM_ARGS (more trainer flags).
+# (data/cache), STATE_DIR (data/diffusion-state: the standing run's state, if carried), DIFFUSION_ARGS /
+# EBM_ARGS (more trainer flags).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 started=$(date +%s)
@@ -36,7 +42,7 @@ if [[ "${1:-}" == "--rehearse" ]]; then
     : "${DEVICE:=cpu}" "${DIFFUSION_MINUTES:=0.4}" "${EBM_MINUTES:=0.3}" "${EVAL_N:=20}" "${EVAL_STEPS:=4}"
     : "${REFERENCE_SIZE:=200}" "${DIFFUSION_BATCH:=8}" "${EVAL_BATCH:=20}" "${OUT:=out/gpu-rehearsal}"
     : "${DIFFUSION_ARGS:=--sample-images 10 --sample-steps 2}" "${EBM_ARGS:=--sample-images 10 --serve-steps 10}"
-    : "${DEADLINE:=1200}" "${EVAL_RESERVE:=120}"
+    : "${DEADLINE:=1200}" "${EVAL_RESERVE:=120}" "${DIFFUSION_THREADS:=1}"
     export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 fi
 DEVICE=${DEVICE:-cuda}
@@ -53,6 +59,7 @@ REFERENCE_SIZE=${REFERENCE_SIZE:-10000}
 OUT=${OUT:-out/gpu-session}
 WORK=${WORK:-runs/gpu-session}
 DATA_CACHE=${DATA_CACHE:-data/cache}
+STATE_DIR=${STATE_DIR:-data/diffusion-state}
 read -r -a diffusion_args <<<"${DIFFUSION_ARGS:-}"
 read -r -a ebm_args <<<"${EBM_ARGS:-}"
 if [[ -z "${PYTHON:-}" ]]; then
@@ -112,10 +119,16 @@ budget() {  # wanted-minutes -> min(wanted, minutes left before the deadline les
 diffusion_minutes=$(budget "$DIFFUSION_MINUTES")
 ebm_minutes=$(budget "$EBM_MINUTES")
 common=(--data "$DATA" --data-cache "$DATA_CACHE" --device "$DEVICE")
-"$PYTHON" -m training.train_diffusion "${common[@]}" --resume models/diffusion \
-    --batch-size "$DIFFUSION_BATCH" --lr 3e-4 --max-minutes "$diffusion_minutes" \
-    --checkpoint-every 5000 --sample-every 5000 \
-    --out "$WORK/runs/diffusion" --export "$WORK/models/diffusion" "${diffusion_args[@]}" \
+mkdir -p "$WORK/state/diffusion-standing"
+if [[ -f "$STATE_DIR/checkpoint.pt" ]]; then
+    cp "$STATE_DIR/checkpoint.pt" "$WORK/state/diffusion-standing/"  # the carried state stays as it was
+    say "diffusion: continuing the standing run's state from $STATE_DIR"
+fi
+# no probes here (step 4 evaluates), no history, and an export whatever the score (into $WORK only)
+"$PYTHON" -m training.continue_diffusion "${common[@]}" --state-dir "$WORK/state/diffusion-standing" \
+    --batch-size "$DIFFUSION_BATCH" --max-minutes "$diffusion_minutes" --threads "${DIFFUSION_THREADS:-4}" \
+    --probe-every-minutes 0 --history "" --no-export-if-better --checkpoint-every 5000 --sample-every 5000 \
+    --export "$WORK/models/diffusion" "${diffusion_args[@]}" \
     >"$LOGS/train-diffusion.log" 2>&1 &
 declare -A trainer_of=([$!]=diffusion)
 "$PYTHON" -m training.train_ebm "${common[@]}" --resume models/ebm --max-minutes "$ebm_minutes" --serve-step-size 4 \
@@ -135,6 +148,12 @@ while ((${#trainer_of[@]})); do
     if [[ $rc -eq 0 && -f "$WORK/models/$name/model.safetensors" ]]; then
         publish "$name.tar" -c -C "$WORK" "models/$name" && trained[$name]=1
         say "packed $OUT/$name.tar ($(du -h "$OUT/$name.tar" | cut -f1))"
+    fi
+    if [[ $name == diffusion && -f "$WORK/state/diffusion-standing/checkpoint.pt" ]]; then
+        # weights, EMA and Adam's moments in fp32 pass the 16 MiB that a file brought back may have: in parts
+        tar -c -C "$WORK/state" diffusion-standing/checkpoint.pt | split -b 15M -d - "$OUT/.diffusion-state.tar.part"
+        for part in "$OUT"/.diffusion-state.tar.part*; do mv "$part" "$OUT/${part##*/.}"; done
+        say "packed $OUT/diffusion-state.tar.part* ($(du -ch "$OUT"/diffusion-state.tar.part* | tail -1 | cut -f1))"
     fi
     pack_logs
 done

@@ -77,9 +77,14 @@ def test_the_rehearsal_trains_packs_and_evaluates_without_touching_models(tmp_pa
     done, out = rehearse(tmp_path)
     log = done.stdout + done.stderr
     assert done.returncode == 0, log[-4000:]
-    assert sorted(p.name for p in out.iterdir()) == ["diffusion.tar", "ebm.tar", "eval.tar", "logs.tar.gz"]
+    names = sorted(p.name for p in out.iterdir())
+    parts = [n for n in names if n.startswith("diffusion-state.tar.part")]
+    assert parts and [n for n in names if n not in parts] == ["diffusion.tar", "ebm.tar", "eval.tar", "logs.tar.gz"]
     # what the device tool brings back: files of at most 16 MiB (an fp32 diffusion export would not come back)
     assert all(p.stat().st_size < 16 * 2**20 for p in out.iterdir())
+    # the standing run's state comes back too (in parts): the CPU run continues from the GPU's last step
+    state = standing_state(out, tmp_path / "state")
+    assert state["step"] == 2 and state["history"]["images_seen"] == 2 * 8
 
     for name in ("diffusion", "ebm"):
         with tarfile.open(out / f"{name}.tar") as tar:
@@ -102,11 +107,35 @@ def test_the_rehearsal_trains_packs_and_evaluates_without_touching_models(tmp_pa
     assert "done: diffusion_ok=0 ebm_ok=0 eval_status=0" in log
 
 
-def test_a_failing_trainer_still_brings_back_the_other_model_and_the_logs(tmp_path: Path) -> None:
-    done, out = rehearse(tmp_path, EBM_ARGS="--batch-size 1000")  # 40 images: the EBM trainer refuses
+def standing_state(out: Path, into: Path) -> dict:
+    """Reassemble $OUT/diffusion-state.tar.part* as `cat ... | tar -x` would, and load the checkpoint."""
+    data = b"".join(p.read_bytes() for p in sorted(out.glob("diffusion-state.tar.part*")))
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        tar.extractall(into, filter="data")
+    return torch.load(into / "diffusion-standing" / "checkpoint.pt", weights_only=True)
+
+
+def test_a_failing_trainer_still_brings_back_the_other_model_and_the_logs_and_a_carried_state_continues(
+    tmp_path: Path,
+) -> None:
+    """Also: with STATE_DIR holding the standing run's state, the diffusion trainer continues it exactly."""
+    carried = tmp_path / "carried"
+    first, first_out = rehearse(tmp_path / "first", EBM_ARGS="--batch-size 1000")
+    assert first.returncode == 1
+    state = standing_state(first_out, carried)
+    done, out = rehearse(
+        tmp_path,
+        EBM_ARGS="--batch-size 1000",  # 40 images: the EBM trainer refuses
+        STATE_DIR=str(carried / "diffusion-standing"),
+        DIFFUSION_ARGS=f"--max-steps {state['step'] + 3} --sample-images 10 --sample-steps 2",
+    )
     log = done.stdout + done.stderr
     assert done.returncode == 1, log[-4000:]
-    assert sorted(p.name for p in out.iterdir()) == ["diffusion.tar", "eval.tar", "logs.tar.gz"]
+    assert "continuing the standing run's state" in log
+    card = tar_json(out / "diffusion.tar", "models/diffusion/config.json")
+    assert card["training"]["steps"] == state["step"] + 3
+    assert card["training"]["images_seen_total"] == state["history"]["images_seen_before"] + 8 * (state["step"] + 3)
+    assert sorted(p.name for p in out.iterdir() if "part" not in p.name) == ["diffusion.tar", "eval.tar", "logs.tar.gz"]
     with tarfile.open(out / "logs.tar.gz") as tar:
         train_log = tar.extractfile("logs/train-ebm.log")
         assert train_log is not None and b"batch size 1000 is larger than the dataset" in train_log.read()
