@@ -410,7 +410,11 @@ class Prober:
 def export(state: TrainState, cfg: TrainConfig, result: dict[str, Any], directory: str | Path | None = None) -> Path:
     """The EMA weights (fp16) and card to `directory` (default --export), with a DDIM sample grid."""
     pipeline = DiffusionPipeline(state.ema.module, state.diffusion)  # type: ignore[arg-type]
-    out = pipeline.save_pretrained(directory or cfg.export, training=result)
+    target = Path(directory or cfg.export)
+    sampling = (
+        json.loads((target / "config.json").read_text()).get("sampling") if (target / "config.json").is_file() else None
+    )
+    out = pipeline.save_pretrained(target, training=result, sampling=sampling)  # keeps the recommended sampling
     sample_grid(state, cfg, out / "samples.png")
     state.unet.train()
     logger.info("exported EMA weights to %s", out)

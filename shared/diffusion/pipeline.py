@@ -159,6 +159,7 @@ class DiffusionPipeline:
         directory: str | os.PathLike[str],
         training: dict[str, Any] | None = None,
         dtype: torch.dtype = torch.float16,
+        sampling: dict[str, Any] | None = None,
     ) -> Path:
         card = {
             "kind": MODEL_KIND,
@@ -167,6 +168,9 @@ class DiffusionPipeline:
             "parameters": count_parameters(self.unet),
             "training": training or self.card.get("training", {}),
         }
+        sampling = self.card.get("sampling") if sampling is None else sampling
+        if sampling:
+            card["sampling"] = sampling  # the recommended sampler (the CLI's and web page's default)
         return save_model_dir(directory, self.unet.state_dict(), card, dtype=dtype)
 
     # ---------------------------------------------------------------------------------- sampling

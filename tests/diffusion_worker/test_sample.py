@@ -70,6 +70,25 @@ def test_params_pick_sampler_from_steps(tiny_pipeline: DiffusionPipeline) -> Non
     assert forced.sampler is SamplerKind.DDIM
 
 
+def test_without_sampling_flags_the_cards_recommended_sampling_is_used(
+    tiny_pipeline: DiffusionPipeline, tmp_path: Path
+) -> None:
+    recommended = {"sampler": "dpmpp_2m", "steps": 12, "guidance_scale": 2.5, "guidance_interval": [0.2, 9.0]}
+    directory = tiny_pipeline.save_pretrained(tmp_path / "w", dtype=torch.float32, sampling=recommended)
+    pipeline = DiffusionPipeline.from_pretrained(directory, device="cpu")
+    assert pipeline.card["sampling"] == recommended
+    params = params_from_args(args_for("--n", "2", "--class-label", "red"), pipeline)
+    assert (params.sampler, params.steps, params.guidance_scale) == (SamplerKind.DPMPP_2M, 12, 2.5)
+    assert params.guidance_interval == (0.2, 9.0)
+    # a flag of the user's wins; --steps or --sampler means "not the card's recommendation"
+    assert params_from_args(args_for("--guidance-scale", "1"), pipeline).guidance_interval is None
+    explicit = params_from_args(args_for("--steps", "100"), pipeline)
+    assert (explicit.sampler, explicit.guidance_scale, explicit.guidance_interval) == (SamplerKind.DDPM, 1.0, None)
+    # a card without the block: the service's default, the 1000-step (here 100-step) DDPM without guidance
+    plain = params_from_args(args_for(), tiny_pipeline)
+    assert (plain.sampler, plain.steps, plain.guidance_scale) == (SamplerKind.DDPM, 100, 1.0)
+
+
 def test_params_carry_every_option(tiny_pipeline: DiffusionPipeline) -> None:
     args = args_for(
         "--n", "2", "--steps", "10", "--eta", "0.3", "--spacing", "quadratic",

@@ -105,12 +105,16 @@ def test_probes_export_only_weights_that_beat_the_shipped_ones(setup: dict[str, 
     assert (tmp_path / "history.png").read_bytes()[:4] == b"\x89PNG"  # the learning curve, re-plotted per probe
 
     ship(shipped, claimed(setup, fid=1e9, agreement=0.0))  # now anything beats it
+    card = json.loads((shipped / "config.json").read_text())
+    recommended = {"sampler": "ddim", "steps": 7, "guidance_scale": 2.0}
+    (shipped / "config.json").write_text(json.dumps({**card, "sampling": recommended}))
     result = train(dataclasses.replace(cfg, out=str(tmp_path / "state2"), max_steps=1))
     assert result["exported"] is True
     card = json.loads((shipped / "config.json").read_text())
     assert card["training"]["quality"]["fid"] < 1e9
     assert card["training"]["images_seen_total"] == 8
     assert card["diffusion"]["prediction"] == "edm"
+    assert card["sampling"] == recommended  # an export keeps the card's recommended sampling
     assert (shipped / "samples.png").is_file()
     assert read_history(cfg.history)[-1]["exported"] is True  # type: ignore[arg-type]
 
@@ -167,7 +171,7 @@ def test_a_run_starts_from_its_state_else_matching_shipped_weights_else_scratch(
     assert shipped_matches(cfg, shipped)
     resume, why = starting_point(cfg, state, shipped)
     assert resume == str(shipped) and "warm start from the shipped weights" in why
-    assert not shipped_matches(dataclasses.replace(cfg, prediction="v"), shipped)
+    assert not shipped_matches(dataclasses.replace(cfg, prediction="edm"), shipped)
     assert not shipped_matches(dataclasses.replace(cfg, base_channels=48), shipped)
     state.mkdir()
     torch.save({"step": 1}, state / "checkpoint.pt")
