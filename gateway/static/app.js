@@ -76,13 +76,27 @@ function applyModel() {
     const wasDdpm = steps.disabled;
     steps.disabled = ddpm;
     if (ddpm) steps.value = 1000;
-    else if (wasDdpm || !steps.value || +steps.value > 1000 || steps.dataset.model !== m) steps.value = 50;
+    else if (wasDdpm || !steps.value || +steps.value > 1000 || steps.dataset.model !== m) {
+      steps.value = state.defaults.diffusionSteps || 20;
+    }
   } else {
     steps.max = 2000;
     steps.disabled = false;
     if (steps.dataset.model !== m) steps.value = state.defaults.ebmSteps || 200;
   }
   steps.dataset.model = m;
+}
+
+// The diffusion card's recommended sampling (models/README.md) is the form's default until the user edits it.
+function applyRecommended(sampling) {
+  state.defaults.diffusionSteps = sampling.steps;
+  if (sampling.sampler) $("sampler").value = sampling.sampler;
+  if (sampling.guidance_scale != null) $("guidance").value = sampling.guidance_scale;
+  const interval = sampling.guidance_interval || ["", ""];
+  $("guidance-lo").value = interval[0];
+  $("guidance-hi").value = interval[1];
+  if (model() === "diffusion" && $("sampler").value !== "ddpm") $("steps").value = sampling.steps;
+  applyModel();
 }
 
 function number(id) {
@@ -400,6 +414,8 @@ function renderRecent() {
 async function loadModels() {
   try {
     const info = await api("GET", "models/info");
+    const diffusion = (info.models.diffusion || [])[0];
+    if (diffusion && diffusion.sampling && !state.touched) applyRecommended(diffusion.sampling);
     const ebm = (info.models.ebm || [])[0];
     if (ebm && ebm.sampling) {
       state.defaults.ebmSteps = ebm.sampling.steps;
@@ -427,6 +443,7 @@ function init() {
   for (const radio of document.querySelectorAll("input[name=model]")) radio.addEventListener("change", applyModel);
   $("sampler").addEventListener("change", applyModel);
   $("job-form").addEventListener("submit", submit);
+  $("job-form").addEventListener("input", () => { state.touched = true; });
   $("cancel").addEventListener("click", cancel);
   $("reuse").addEventListener("click", () => state.job && state.job.params && fillForm(state.job.model, state.job.params));
   $("clear-recent").addEventListener("click", () => saveRecent([]));
