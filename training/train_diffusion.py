@@ -164,9 +164,14 @@ class TrainState:
     diffusion: GaussianDiffusion
     step: int = 0
     history: dict[str, Any] = field(default_factory=dict)  # totals carried across warm starts
-    core_seconds: float = (
-        0.0  # training compute in CPU core-seconds (process time) since the run began, probes excluded
-    )
+    # training compute in CPU core-seconds (process time) since the run began, probes excluded
+    core_seconds: float = 0.0
+    started: float = field(default_factory=time.monotonic)  # this process's start, for the wall-time total
+
+    @property
+    def wall_minutes_total(self) -> float:
+        """Wall minutes of every process of this run (and of the weights it warm-started from)."""
+        return float(self.history.get("wall_minutes_before", 0)) + (time.monotonic() - self.started) / 60
 
     @property
     def images_seen(self) -> int:
@@ -263,7 +268,11 @@ def checkpoint_state(state: TrainState, cfg: TrainConfig) -> dict[str, Any]:
         "optimizer": state.optimizer.state_dict(),
         "scheduler": state.scheduler.state_dict(),
         "step": state.step,
-        "history": {**state.history, "core_seconds": state.core_seconds},
+        "history": {
+            **state.history,
+            "core_seconds": state.core_seconds,
+            "wall_minutes_before": state.wall_minutes_total,
+        },
         "rng": rng_state(),
         "unet_config": state.unet.config.to_dict(),
         "diffusion_config": state.diffusion.config.to_dict(),
@@ -292,7 +301,7 @@ def summary(state: TrainState, cfg: TrainConfig, steps_per_epoch: int, loss: flo
         "warm_started_from": state.history.get("warm_started_from"),
         "final_loss_ema": round(loss, 5),
         "wall_minutes_this_run": round(seconds / 60, 2),
-        "wall_minutes_total": round(float(state.history.get("wall_minutes_before", 0)) + seconds / 60, 2),
+        "wall_minutes_total": round(state.wall_minutes_total, 2),
         "core_minutes": round(state.core_seconds / 60, 2),
         "hardware": hardware(),
         "batch_size": cfg.batch_size,
