@@ -35,8 +35,8 @@ lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 
-## sample: 16 images from the shipped diffusion weights (DDIM, 100 steps) -> out/grid.png
-SAMPLE_ARGS ?= --n 16 --steps 100 --class-label all --guidance-scale 2 --out out/grid.png
+## sample: 20 images, two per class, from the shipped diffusion weights with the card's recommended sampler -> out/grid.png
+SAMPLE_ARGS ?= --n 20 --class-label all --out out/grid.png
 sample: $(STAMP)
 	$(PY) -m diffusion_worker.sample $(SAMPLE_ARGS)
 
