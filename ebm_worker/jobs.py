@@ -37,7 +37,7 @@ def job_model(pipeline: EBMPipeline) -> JobModel:
     return JobModel(
         params_from_request=partial(params_from_request, pipeline),
         generate=partial(generate, pipeline),
-        steps_of=lambda params: params.langevin.steps,
+        steps_of=lambda params: pipeline.total_steps(params.langevin),
     )
 
 

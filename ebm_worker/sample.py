@@ -69,7 +69,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         params = params_from_args(args, pipeline)
     except (WeightsError, ValueError) as exc:
         parser.exit(2, f"error: {exc}\n")
-    sample_and_save(lambda cb: generate(pipeline, params, cb), params.langevin.steps, f"langevin x{args.n}", args)
+    steps = pipeline.total_steps(params.langevin)
+    sample_and_save(lambda cb: generate(pipeline, params, cb), steps, f"langevin x{args.n}", args)
     return 0
 
 

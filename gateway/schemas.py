@@ -143,9 +143,18 @@ class DiffusionRequest(_Request):
 
 
 class EBMRequest(_Request):
-    steps: int | None = Field(None, ge=1, le=2000, description="Langevin steps; default: the model card's")
-    step_size: float | None = Field(None, gt=0.0, le=100.0, description="x -= step_size / 2 * clip(grad_x E)")
-    noise_scale: float | None = Field(None, ge=0.0, le=1.0, description="std of the noise added each step")
+    steps: int | None = Field(
+        None, ge=1, le=2000, description="Langevin steps (per noise level for a recovery-likelihood model, whose "
+        "chain runs them at each of its levels); default: the model card's",
+    )  # fmt: skip
+    step_size: float | None = Field(
+        None, gt=0.0, le=100.0, description="persistent-CD model: x -= step_size / 2 * clip(grad_x E); "
+        "recovery-likelihood model: b^2 of its step sizes s_t^2 = b^2 c_t^2 sigma_{t+1}^2; default: the card's",
+    )  # fmt: skip
+    noise_scale: float | None = Field(
+        None, ge=0.0, le=1.0, description="persistent-CD model: std of the noise added each step; "
+        "recovery-likelihood model: the factor on its noise s_t z; default: the card's",
+    )  # fmt: skip
 
     model_config = ConfigDict(
         extra="forbid", json_schema_extra={"examples": [{"num_images": 4, "steps": 200, "class_label": "ship"}]}

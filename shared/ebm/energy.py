@@ -8,6 +8,11 @@ Secretly an Energy Based Model", arXiv:1912.03263): its outputs are class logits
     E(x)    = -log sum_y exp(f(x)[y])           (JEM Eq. 5: the marginal over y)
 so one network samples unconditionally or for a requested class, and also classifies.
 
+With `num_levels` set the energy is also conditioned on a noise level t (diffusion recovery
+likelihood, Gao et al. 2021, "Learning Energy-Based Models by Diffusion Recovery Likelihood",
+arXiv:2012.08125, Sec. 3: f_theta(y, t)): a learned per-channel offset of each residual block, the
+way DDPM UNets add their time embedding (Ho et al. 2020, Appendix B); see shared/ebm/recovery.py.
+
 Design: residual blocks with SiLU (smooth, so grad_x E is smooth for Langevin dynamics), no
 normalisation layers (batch statistics would couple the samples of a chain), average-pool
 downsampling, global sum pooling, optional spectral normalisation (Miyato et al. 2018) on every
@@ -37,6 +42,7 @@ class EnergyConfig(JsonConfig):
     num_res_blocks: int = 1
     spectral_norm: bool = False
     num_classes: int | None = 10  # None: a single scalar energy, unconditional only
+    num_levels: int | None = None  # noise levels of a recovery-likelihood energy; None: one clean-data energy
     class_names: tuple[str, ...] = field(default=())
 
     def __post_init__(self) -> None:
@@ -49,19 +55,32 @@ class EnergyConfig(JsonConfig):
             raise ValueError(f"num_classes must be >= 2 or None, got {self.num_classes}")
         if self.class_names and self.num_classes != len(self.class_names):
             raise ValueError(f"{len(self.class_names)} class names given for num_classes={self.num_classes}")
+        if self.num_levels is not None and self.num_levels < 1:
+            raise ValueError(f"num_levels must be >= 1 or None, got {self.num_levels}")
 
 
 class ResBlock(nn.Module):
-    """SiLU-conv-SiLU-conv plus a (1x1 when the width changes) skip connection."""
+    """SiLU-conv-SiLU-conv plus a (1x1 when the width changes) skip connection.
 
-    def __init__(self, in_ch: int, out_ch: int) -> None:
+    With num_levels, a learned per-channel offset for the noise level is added after the first conv.
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, num_levels: int | None = None) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
         self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
         self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
+        self.level = nn.Embedding(num_levels, out_ch) if num_levels else None
+        if self.level is not None:
+            nn.init.zeros_(self.level.weight)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.skip(x) + self.conv2(F.silu(self.conv1(F.silu(x))))
+    def forward(self, x: torch.Tensor, level: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.conv1(F.silu(x))
+        if self.level is not None:
+            if level is None:
+                raise ValueError("this energy is conditioned on a noise level: pass level (B,)")
+            h = h + self.level(level)[:, :, None, None]
+        return self.skip(x) + self.conv2(F.silu(h))
 
 
 class EnergyNet(nn.Module):
@@ -74,28 +93,34 @@ class EnergyNet(nn.Module):
         width = cfg.base_channels
         for i, mult in enumerate(cfg.channel_mult):
             for _ in range(cfg.num_res_blocks):
-                layers.append(ResBlock(width, cfg.base_channels * mult))
+                layers.append(ResBlock(width, cfg.base_channels * mult, cfg.num_levels))
                 width = cfg.base_channels * mult
             if i < len(cfg.channel_mult) - 1:
                 layers.append(nn.AvgPool2d(2))
-        self.features = nn.Sequential(*layers)
+        self.features = nn.ModuleList(layers)
         self.head = nn.Linear(width, cfg.num_classes or 1)
         if cfg.spectral_norm:
             for module in list(self.modules()):
                 if isinstance(module, nn.Conv2d | nn.Linear):
                     spectral_norm(module)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = F.silu(self.features(x))  # (B, C, h, w)
+    def forward(self, x: torch.Tensor, level: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (B, K); `level` (B,) long: the noise level of each image (recovery-likelihood energies)."""
+        h = x
+        for layer in self.features:
+            h = layer(h, level) if isinstance(layer, ResBlock) else layer(h)
+        h = F.silu(h)  # (B, C, h, w)
         return self.head(h.sum(dim=(2, 3)))  # (B, K)
 
-    def energy(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """E(x) per image, shape (B,).
+    def energy(
+        self, x: torch.Tensor, labels: torch.Tensor | None = None, level: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """E(x) per image, shape (B,) (E(x, t) at noise levels `level` for recovery-likelihood energies).
 
         For JEM networks, labels (B,) ask for E(x, y) = -f(x)[y]; a label of -1 (or no labels at
         all) asks for the marginal E(x) = -logsumexp_y f(x)[y] (JEM Eq. 5).
         """
-        logits = self(x)
+        logits = self(x, level)
         if self.config.num_classes is None:
             if labels is not None and bool((labels >= 0).any()):
                 raise ValueError("this energy network is unconditional: it takes no class label")

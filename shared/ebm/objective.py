@@ -51,3 +51,38 @@ def contrastive_divergence_loss(
         ce = F.cross_entropy(logits_pos, labels)  # JEM Eq. 8: log p(y | x)
         loss = loss + ce_weight * ce
     return CDTerms(loss, e_pos.mean().item(), e_neg.mean().item(), ce.item())
+
+
+@dataclass(frozen=True)
+class RecoveryTerms:
+    loss: torch.Tensor  # the scalar to minimise
+    energy_pos: float  # mean E(y+, t)
+    energy_neg: float  # mean E(y-, t)
+
+
+def recovery_likelihood_loss(
+    net: EnergyNet,
+    y_pos: torch.Tensor,
+    y_neg: torch.Tensor,
+    t: torch.Tensor,
+    weight: torch.Tensor,
+    *,
+    labels: torch.Tensor | None = None,
+) -> RecoveryTerms:
+    """The recovery-likelihood gradient's loss (Gao et al. 2021, Eq. 9): mean_i w_i (E(y+_i, t_i) - E(y-_i, t_i)).
+
+    y+ = a_{t+1} x_t from the data, y- from the conditional chain started at the data's x_{t+1}
+    (held fixed); w = sigma_1 / sigma_{t+1} (the reference code's per-level scale). The quadratic
+    recovery term of Eq. 8 does not depend on theta, so it drops out of the gradient.
+    Labels (B,) ask for E(y, t, c) = -f(y, t)[c]; -1 for the marginal -logsumexp_c f (JEM Eq. 5).
+    """
+    if y_pos.shape != y_neg.shape:
+        raise ValueError(f"data {tuple(y_pos.shape)} and negatives {tuple(y_neg.shape)} must have the same shape")
+    both = net.energy(
+        torch.cat([y_pos, y_neg.detach()]),
+        None if labels is None else labels.repeat(2),
+        t.repeat(2),
+    )  # one forward for both: (2B,)
+    e_pos, e_neg = both.chunk(2)
+    loss = (weight * (e_pos - e_neg)).mean()
+    return RecoveryTerms(loss, e_pos.mean().item(), e_neg.mean().item())

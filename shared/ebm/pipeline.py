@@ -1,8 +1,13 @@
 """A trained energy model ready to sample: energy network + model card + its Langevin defaults.
 
 `EBMPipeline.from_pretrained(dir)` is what the EBM worker calls once at start-up; `pipeline.sample(params)`
-is what it calls per job. Serving chains start from uniform noise in [-1, 1], one seeded generator per
-image (the initial image and every step's noise come from it).
+is what it calls per job. One seeded generator per image: the initial image and every step's noise
+come from it. Two recipes, told apart by the network's config:
+- classic (persistent contrastive divergence, `num_levels` None): one chain of `steps` Langevin steps
+  from uniform noise in [-1, 1] (shared/ebm/langevin.py);
+- recovery likelihood (`num_levels` = T): T chains of `steps` steps each, level by level from
+  Gaussian noise (shared/ebm/recovery_sampling.py); `step_size` is the b^2 of its step sizes and
+  `noise_scale` the factor on their noise.
 """
 
 from __future__ import annotations
@@ -20,8 +25,10 @@ import torch
 from shared.device import pick_device
 from shared.ebm.energy import EnergyConfig, EnergyNet
 from shared.ebm.langevin import LangevinParams, StepCallback, sample_model
+from shared.ebm.recovery import RecoverySchedule
+from shared.ebm.recovery_sampling import recovery_sample
 from shared.labels import resolve_label
-from shared.seeding import MAX_SEED, make_generators, rand_per_sample
+from shared.seeding import MAX_SEED, make_generators, rand_per_sample, randn_per_sample
 from shared.weights import count_parameters, load_network, save_model_dir
 
 logger = logging.getLogger(__name__)
@@ -55,6 +62,16 @@ class EBMPipeline:
         self.card = card or {}
         sampling = self.card.get("sampling")
         self.default_langevin = LangevinParams(**sampling) if sampling else LangevinParams()
+        levels = net.config.num_levels
+        self.schedule = RecoverySchedule(levels, **self.card.get("recovery", {})) if levels else None
+
+    @property
+    def recipe(self) -> str:
+        return "recovery-likelihood" if self.schedule is not None else "persistent-cd"
+
+    def total_steps(self, langevin: LangevinParams) -> int:
+        """Langevin steps a run makes in all (the progress a job reports): steps per level x levels."""
+        return langevin.steps * (self.schedule.num_levels if self.schedule is not None else 1)
 
     @property
     def device(self) -> torch.device:
@@ -86,9 +103,12 @@ class EBMPipeline:
             "kind": MODEL_KIND,
             "energy": self.config.to_dict(),
             "parameters": count_parameters(self.net),
+            "recipe": self.recipe,
             "sampling": {**dataclasses.asdict(langevin), "clamp": list(langevin.clamp) if langevin.clamp else None},
             "training": training or self.card.get("training", {}),
         }
+        if self.schedule is not None:
+            card["recovery"] = {"beta_start": self.schedule.beta_start, "beta_end": self.schedule.beta_end}
         return save_model_dir(directory, self.net.state_dict(), card, dtype=None)
 
     def resolve_label(self, label: int | str | None) -> int | None:
@@ -111,8 +131,13 @@ class EBMPipeline:
         cfg = self.config
         generators = make_generators(params.seeds)
         shape = (cfg.in_channels, cfg.image_size, cfg.image_size)
-        x_init = rand_per_sample(generators, shape, device=self.device) * 2 - 1  # U[-1, 1)
         labels = self._label_tensor(params.labels)
+        if self.schedule is not None:
+            x_top = randn_per_sample(generators, shape, device=self.device)  # x_T ~ N(0, I)
+            return recovery_sample(
+                self.net, self.schedule, x_top, params.langevin, labels=labels, generators=generators, callback=callback
+            ).clamp(-1, 1)
+        x_init = rand_per_sample(generators, shape, device=self.device) * 2 - 1  # U[-1, 1)
         return sample_model(
             self.net, x_init, params.langevin, labels=labels, generators=generators, callback=callback
         ).clamp(-1, 1)

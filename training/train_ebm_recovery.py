@@ -1,0 +1,363 @@
+"""Train the energy-based model by diffusion recovery likelihood (Gao et al. 2021); export its weights.
+
+    python -m training.train_ebm_recovery --max-minutes 90                       # a budgeted CPU run
+    python -m training.train_ebm_recovery --resume runs/ebm-recovery --max-minutes 60   # continue it
+    python -m training.train_ebm_recovery --epochs 30 --batch-size 64 --device cuda     # a GPU window
+
+Each step (Gao et al. 2021, arXiv:2012.08125, Algorithm 1): data x (random flips), a level t per
+image uniform in [0, T-1], the pair (x_t, x_{t+1}) of the forward process, negatives y- from the
+conditional Langevin chain started at x_{t+1} (K steps, the network frozen inside it), the loss
+mean_i w_t (E(y+, t) - E(y-, t)) with y+ = a_{t+1} x_t, Adam. Serving runs the same chains level by
+level from Gaussian noise (shared/ebm/recovery_sampling.py), so the model is trained on the chain
+it serves - the point of Nijkamp et al. 2019/2020 that the persistent trainer (training/train_ebm.py)
+misses. Class-conditional: E(y, t, c) = -f(y, t)[c], with --uncond-prob of the images trained on the
+marginal -logsumexp_c f (JEM Eq. 5) so that unlabelled requests work too.
+
+Checkpoints (weights, EMA, optimizer, data position, RNG) go to --out every --checkpoint-minutes and
+on SIGTERM/SIGINT; a non-finite step restores the last checkpoint and halves the learning rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.optim.swa_utils import AveragedModel
+from tqdm import tqdm
+
+from shared.device import pick_device
+from shared.ebm.energy import EnergyConfig, EnergyNet
+from shared.ebm.langevin import LangevinParams
+from shared.ebm.objective import RecoveryTerms, recovery_likelihood_loss
+from shared.ebm.pipeline import EBMPipeline, EBMSampleParams
+from shared.ebm.recovery import RecoverySchedule
+from shared.ebm.recovery_sampling import recovery_chain
+from shared.images import grid_image, to_uint8
+from shared.weights import count_parameters
+from training.common import (
+    REPO_ROOT,
+    RUN_HELP,
+    Budget,
+    DivergenceError,
+    RunConfig,
+    StopSignalError,
+    add_dataclass_arguments,
+    all_finite,
+    configure_logging,
+    dataclass_from_args,
+    epochs_of_batches,
+    is_checkpoint,
+    load_checkpoint,
+    load_training_data,
+    make_ema,
+    replaces_better_model,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+    steps_in_an_epoch,
+    stop_on_signals,
+    warmup_lambda,
+)
+from training.data import ImageDataset
+from training.train_ebm import diverged
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig(RunConfig):
+    out: str = "runs/ebm-recovery"
+    export: str = str(REPO_ROOT / "models" / "ebm")
+    epochs: int = 30
+    batch_size: int = 32
+    # objective and optimisation (Gao et al.'s code: Adam lr 1e-4, beta1 0.9, warm-up 1000 steps)
+    lr: float = 1e-4
+    warmup_steps: int = 200
+    grad_clip: float = 1.0
+    uncond_prob: float = 0.1
+    ema_halflife_ratio: float = 0.1  # 0: no EMA (serve the raw weights)
+    # the chain, trained and served (Gao et al.: T = 6, K = 30, b^2 = 2e-4, noise 1.0 / 0.99)
+    levels: int = 6
+    chain_steps: int = 15
+    b_sq: float = 2e-4
+    train_noise: float = 1.0
+    serve_noise: float = 0.99
+    # network (ignored when resuming)
+    base_channels: int = 32
+    channel_mult: tuple[int, ...] = (1, 2, 2)
+    num_res_blocks: int = 1
+    # divergence handling and bookkeeping
+    divergence_threshold: float = 1e6
+    max_restores: int = 3
+    checkpoint_minutes: float = 5.0
+    sample_images: int = 20
+    threads: int | None = None
+
+
+HELP = {
+    **RUN_HELP,
+    "warmup_steps": "linear learning-rate warm-up",
+    "grad_clip": "clip of the parameters' gradient norm",
+    "uncond_prob": "share of training images whose chain and loss use the marginal energy (no class)",
+    "ema_halflife_ratio": "EMA half-life as a share of the images seen (Karras et al. 2022); 0 turns EMA off",
+    "levels": "T, the number of noise levels (recovery steps)",
+    "chain_steps": "K, Langevin steps per level, in training and in the served chain",
+    "b_sq": "b^2 of the Langevin step sizes s_t^2 = b^2 c_t^2 sigma_{t+1}^2",
+    "train_noise": "factor on the Langevin noise s_t z in training",
+    "serve_noise": "factor on the Langevin noise in the served chain (written into the model card)",
+    "divergence_threshold": "mean |energy| above which a step counts as diverged",
+    "checkpoint_minutes": "wall minutes between checkpoints (also on SIGTERM / SIGINT)",
+    "threads": "torch CPU threads (default: torch's)",
+}
+
+
+@dataclass
+class TrainState:
+    net: EnergyNet
+    ema: AveragedModel | None
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    schedule: RecoverySchedule
+    step: int = 0
+    restores: int = 0
+    history: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def serving_net(self) -> EnergyNet:
+        return self.ema.module if self.ema is not None else self.net  # type: ignore[return-value]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_dataclass_arguments(parser, TrainConfig, HELP)
+    return parser
+
+
+def chain_params(cfg: TrainConfig, serving: bool = False) -> LangevinParams:
+    """The chain (per level): K steps, b^2, noise factor; no clip, no clamp (x_t is noisy)."""
+    noise = cfg.serve_noise if serving else cfg.train_noise
+    return LangevinParams(steps=cfg.chain_steps, step_size=cfg.b_sq, noise_scale=noise, grad_clip=None, clamp=None)
+
+
+def network_config(cfg: TrainConfig, dataset: ImageDataset) -> EnergyConfig:
+    return EnergyConfig(
+        image_size=dataset.images.shape[-1],
+        base_channels=cfg.base_channels,
+        channel_mult=cfg.channel_mult,
+        num_res_blocks=cfg.num_res_blocks,
+        num_classes=len(dataset.classes),
+        class_names=dataset.classes,
+        num_levels=cfg.levels,
+    )
+
+
+def init_state(cfg: TrainConfig, dataset: ImageDataset, device: torch.device) -> TrainState:
+    checkpoint = load_checkpoint(cfg.resume) if cfg.resume and is_checkpoint(cfg.resume) else None
+    config = EnergyConfig.from_dict(checkpoint["energy_config"]) if checkpoint else network_config(cfg, dataset)
+    net = EnergyNet(config).to(device).train()
+    optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_lambda(cfg.warmup_steps))
+    ema = None
+    if cfg.ema_halflife_ratio > 0:
+        ema = make_ema(net, 0.0, halflife=(cfg.batch_size, cfg.ema_halflife_ratio, 10_000_000.0))
+    state = TrainState(net, ema, optimizer, scheduler, RecoverySchedule(config.num_levels or cfg.levels))
+    if checkpoint is not None:
+        restore(state, checkpoint)
+        logger.info("resumed %s at step %d", cfg.resume, state.step)
+    return state
+
+
+def checkpoint_state(state: TrainState, cfg: TrainConfig) -> dict[str, Any]:
+    return {
+        "model": state.net.state_dict(),
+        "ema": state.ema.state_dict() if state.ema is not None else None,
+        "optimizer": state.optimizer.state_dict(),
+        "scheduler": state.scheduler.state_dict(),
+        "step": state.step,
+        "restores": state.restores,
+        "history": state.history,
+        "rng": rng_state(),
+        "energy_config": state.net.config.to_dict(),
+        "train_config": dataclasses.asdict(cfg),
+    }
+
+
+def restore(state: TrainState, checkpoint: dict[str, Any]) -> None:
+    state.net.load_state_dict(checkpoint["model"])
+    if state.ema is not None and checkpoint.get("ema") is not None:
+        state.ema.load_state_dict(checkpoint["ema"])
+    state.optimizer.load_state_dict(checkpoint["optimizer"])
+    state.scheduler.load_state_dict(checkpoint["scheduler"])
+    state.step, state.history = checkpoint["step"], checkpoint["history"]
+    state.restores = checkpoint.get("restores", 0)
+    set_rng_state(checkpoint["rng"])
+
+
+def train_step(state: TrainState, x: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig) -> RecoveryTerms:
+    """One step of Algorithm 1: a level per image, the chain from the data's x_{t+1}, one Adam step."""
+    schedule = state.schedule
+    t = torch.randint(0, schedule.num_levels, (x.shape[0],), device=x.device)
+    labels = torch.where(torch.rand(labels.shape, device=x.device) < cfg.uncond_prob, -1, labels)
+    x_t, x_next = schedule.q_sample_pair(x, t)
+    state.net.eval()  # frozen inside the chain; no train-time state to change in this network anyway
+    y_neg = recovery_chain(state.net, schedule, x_next, t, chain_params(cfg), labels=labels)
+    state.net.train()
+    y_pos = schedule.y_scale(t, x_t) * x_t
+    terms = recovery_likelihood_loss(state.net, y_pos, y_neg, t, schedule.loss_weight(t), labels=labels)
+    state.optimizer.zero_grad(set_to_none=True)
+    terms.loss.backward()
+    nn.utils.clip_grad_norm_(state.net.parameters(), cfg.grad_clip)
+    state.optimizer.step()
+    state.scheduler.step()
+    if state.ema is not None:
+        state.ema.update_parameters(state.net)
+    state.step += 1
+    return terms
+
+
+def recover(state: TrainState, cfg: TrainConfig, reason: str) -> None:
+    """Restore the last good checkpoint and halve the learning rate, or give up."""
+    if state.restores >= cfg.max_restores:
+        raise DivergenceError(f"training diverged at step {state.step} ({reason}) after {state.restores} restores")
+    restores = state.restores + 1
+    restore(state, load_checkpoint(cfg.out))
+    state.restores = restores
+    state.scheduler.base_lrs = [lr * 0.5 for lr in state.scheduler.base_lrs]
+    logger.warning("divergence (%s): restored step %d, learning rate halved (restore %d)", reason, state.step, restores)
+
+
+def sample_grid(state: TrainState, cfg: TrainConfig, path: Path) -> Path:
+    """The served chain from fixed seeds; a column per class."""
+    net = state.serving_net
+    pipeline = EBMPipeline(net, {"sampling": dataclasses.asdict(chain_params(cfg, serving=True))})
+    num_classes = net.config.num_classes or 1
+    labels = tuple(k % num_classes for k in range(cfg.sample_images))
+    params = EBMSampleParams(seeds=tuple(range(cfg.sample_images)), langevin=pipeline.default_langevin, labels=labels)
+    images = to_uint8(pipeline.sample(params))
+    state.net.train()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    grid_image(images, nrow=num_classes).save(path)
+    return path
+
+
+def summary(state: TrainState, cfg: TrainConfig, terms: RecoveryTerms | None, seconds: float) -> dict[str, Any]:
+    images = state.step * cfg.batch_size
+    minutes = state.history.get("wall_minutes_before", 0.0) + seconds / 60
+    return {
+        "recipe": "diffusion recovery likelihood (Gao et al. 2021)",
+        "steps": state.step,
+        "images_seen": images,
+        "images_seen_total": images,
+        "wall_minutes_total": round(minutes, 1),
+        "energy_pos": terms.energy_pos if terms else None,
+        "energy_neg": terms.energy_neg if terms else None,
+        "restores": state.restores,
+        "batch_size": cfg.batch_size,
+        "lr": cfg.lr,
+        "ema_halflife_ratio": cfg.ema_halflife_ratio,
+        "uncond_prob": cfg.uncond_prob,
+        "chain_train": dataclasses.asdict(chain_params(cfg)),
+        "levels": state.schedule.num_levels,
+        "data": Path(cfg.data).name,
+        "device": str(next(state.net.parameters()).device),
+        "threads": torch.get_num_threads(),
+        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+def run_steps(
+    state: TrainState, dataset: ImageDataset, cfg: TrainConfig, device: torch.device, total: int, budget: Budget
+) -> tuple[RecoveryTerms | None, str]:
+    terms: RecoveryTerms | None = None
+    last_checkpoint = time.monotonic()
+    bar = tqdm(total=total, initial=state.step, desc="ebm-recovery", unit="step", dynamic_ncols=True)
+    try:
+        while state.step < total:
+            for x, labels in epochs_of_batches(dataset, cfg.batch_size, cfg.seed, device, lambda: state.step):
+                if state.step >= total:
+                    break
+                step_terms = train_step(state, x, labels, cfg)
+                problem = diverged(step_terms, cfg.divergence_threshold) or (  # type: ignore[arg-type]
+                    None if all_finite(state.net) else "the weights hold non-finite values"
+                )
+                if problem:
+                    recover(state, cfg, problem)
+                    bar.n = state.step
+                    break  # a fresh data stream from the restored step
+                terms = step_terms
+                bar.update(1)
+                bar.set_postfix(e_pos=f"{terms.energy_pos:.3g}", e_neg=f"{terms.energy_neg:.3g}")
+                if time.monotonic() - last_checkpoint > 60 * cfg.checkpoint_minutes:
+                    save_checkpoint(Path(cfg.out), checkpoint_state(state, cfg))
+                    last_checkpoint = time.monotonic()
+                if budget.exhausted():
+                    return terms, f"time budget of {cfg.max_minutes} minutes reached"
+    except StopSignalError as exc:
+        return terms, f"stopped by {exc}"
+    finally:
+        bar.close()
+    return terms, "finished"
+
+
+def train(cfg: TrainConfig) -> dict[str, Any]:
+    """Run the training loop; returns the summary written into the exported model card."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = pick_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    dataset = load_training_data(cfg.data, cfg.data_cache, device)
+    state = init_state(cfg, dataset, device)
+    per_epoch = steps_in_an_epoch(dataset, cfg.batch_size)
+    total = cfg.epochs * per_epoch if cfg.max_steps is None else min(cfg.max_steps, cfg.epochs * per_epoch)
+    out = Path(cfg.out)
+    save_checkpoint(out, checkpoint_state(state, cfg))
+    logger.info(
+        "recovery likelihood: %d parameters on %s, T=%d levels x K=%d steps, batch %d, up to step %d",
+        count_parameters(state.net), device, state.schedule.num_levels, cfg.chain_steps, cfg.batch_size, total,
+    )  # fmt: skip
+    budget = Budget(cfg.max_minutes)
+    with stop_on_signals():
+        terms, reason = run_steps(state, dataset, cfg, device, total, budget)
+    logger.info("stopping at step %d: %s", state.step, reason)
+    if not all_finite(state.net):
+        raise DivergenceError(f"the weights hold non-finite values at step {state.step}")
+    result = summary(state, cfg, terms, budget.elapsed)
+    state.history["wall_minutes_before"] = result["wall_minutes_total"]
+    save_checkpoint(out, checkpoint_state(state, cfg))
+    grid = sample_grid(state, cfg, out / "samples" / f"step_{state.step:07d}.png")
+    if replaces_better_model(cfg.export, result["images_seen_total"]) and not cfg.overwrite_export:
+        logger.warning(
+            "%s holds a model trained on more images (%d); kept it. This run's weights are in %s; "
+            "--overwrite-export replaces the shipped ones.", cfg.export, result["images_seen_total"], out,
+        )  # fmt: skip
+        return {**result, "exported": False}
+    pipeline = EBMPipeline(state.serving_net)
+    export = pipeline.save_pretrained(cfg.export, training=result, sampling=chain_params(cfg, serving=True))
+    shutil.copyfile(grid, export / "samples.png")
+    logger.info("exported weights to %s (samples: %s)", export, grid)
+    return {**result, "exported": True}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    configure_logging()
+    cfg = dataclass_from_args(TrainConfig, build_parser().parse_args(argv))
+    try:
+        train(cfg)
+    except DivergenceError as exc:
+        logger.error("%s; nothing exported, the last good checkpoint is in %s", exc, cfg.out)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
