@@ -1,4 +1,4 @@
-"""Evaluate a generative model in the CIFAR-10 classifier's feature space: FID, KID, class agreement.
+"""Evaluate a generative model in the CIFAR-10 classifier's feature space: FID, KID, class agreement, diversity.
 
     python -m training.evaluate --model diffusion --n 1000 --sampler ddim --steps 100 --guidance-scale 3 --calibrate
     python -m training.evaluate --model diffusion --n 1000 --sampler dpmpp_2m --steps 20 --guidance-scale 3 \
@@ -13,8 +13,11 @@ feature space is the shipped classifier's (models/classifier); see training/metr
     noise      uniform noise: a ceiling
     untrained  the model's architecture and sampler with random weights: the other ceiling
 Writes <out>/results.json (settings + rows) and <out>/grid-<row>.png (first 100 images; with
---class-label all each column is one class), and prints a markdown table. Image i uses seed
---seed + i, so every run scores the same images; samples are cached in --cache-dir.
+--class-label all each column is one class), and prints markdown tables: the summary, then per class
+the diversity and the KID (and FID when every class has more samples than feature dimensions). Rows
+with labels are scored per class against the test images of that class; every row also gets its
+diversity over all images (the one an unconditional row has). Image i uses seed --seed + i, so every
+run scores the same images; samples are cached in --cache-dir.
 """
 
 from __future__ import annotations
@@ -111,16 +114,51 @@ def row_specs(args: argparse.Namespace) -> list[SourceSpec]:
     return specs
 
 
+def _number(value: float | None, fmt: str = ".3f") -> str:
+    return "-" if value is None else format(value, fmt)
+
+
 def markdown_table(rows: list[dict[str, Any]]) -> str:
+    """The summary table; diversity columns: mean and minimum over classes, and over all images."""
     lines = [
-        "| row | N | FID (classifier) | KID x1e3 (± std) | class agreement | sampling s |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        "| row | N | FID (classifier) | KID x1e3 (± std) | class agreement | diversity (mean / min class) "
+        "| diversity (all images) | sampling s |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
-        agreement = f"{r['class_agreement']:.3f}" if r.get("class_agreement") is not None else "-"
         kid = f"{1e3 * r['kid_mean']:.2f} ± {1e3 * r['kid_std']:.2f}"
-        lines.append(f"| {r['row']} | {r['n']} | {r['fid']:.3f} | {kid} | {agreement} | {r['sampling_seconds']:.0f} |")
+        diversity = "-"
+        if r.get("diversity") is not None:
+            diversity = f"{r['diversity']:.3f} / {r['diversity_min']:.3f} ({r['diversity_min_class']})"
+        lines.append(
+            f"| {r['row']} | {r['n']} | {r['fid']:.3f} | {kid} | {_number(r.get('class_agreement'))} | {diversity} "
+            f"| {_number(r.get('diversity_all'))} | {r['sampling_seconds']:.0f} |"
+        )
     return "\n".join(lines)
+
+
+def per_class_table(rows: list[dict[str, Any]], key: str, title: str, scale: float = 1.0) -> str:
+    """One line per row that has `key` (a {class name: value} dict), one column per class; '' if none has it."""
+    having = [r for r in rows if r.get(key)]
+    if not having:
+        return ""
+    classes = list(dict.fromkeys(name for r in having for name in r[key]))
+    lines = [f"| row: {title} | " + " | ".join(classes) + " |", "| --- |" + " ---: |" * len(classes)]
+    for r in having:
+        cells = [_number(None if r[key].get(c) is None else scale * r[key][c], ".2f") for c in classes]
+        lines.append(f"| {r['row']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def report(rows: list[dict[str, Any]]) -> str:
+    """The summary table, then per class: diversity, KID x1e3, and FID where every class allows it."""
+    tables = [
+        markdown_table(rows),
+        per_class_table(rows, "diversity_per_class", "diversity"),
+        per_class_table(rows, "kid_per_class", "KID x1e3", scale=1e3),
+        per_class_table(rows, "fid_per_class", "FID"),
+    ]
+    return "\n\n".join(t for t in tables if t)
 
 
 def evaluate(args: argparse.Namespace) -> dict[str, Any]:
@@ -142,6 +180,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     evaluator = FeatureSpaceEvaluator(
         classifier,
         reference,
+        reference_labels=test.labels[: args.reference_size],
         kid_subset_size=args.kid_subset_size,
         seed=args.seed,
         inception_weights=args.inception_weights,
@@ -170,13 +209,15 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
             "classifier_sha256": classifier.card["sha256"],  # type: ignore[index]
             "classifier_test_accuracy": classifier.card.get("training", {}).get("test_accuracy"),  # type: ignore[union-attr]
             "dims": classifier.config.feature_dim,
+            "per_class": "diversity and KID per class for labelled rows; FID per class only when every class has "
+            "more samples and reference images than dims (see training/metrics.py)",
         },
         "reference": f"CIFAR-10 test split, first {reference.shape[0]} images ({Path(args.data).name})",
         "rows": rows,
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(markdown_table(rows))
+    print(report(rows))
     logger.info("wrote %s", out / "results.json")
     return result
 

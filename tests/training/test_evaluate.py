@@ -54,6 +54,24 @@ def test_real_and_noise_rows_are_written_and_repeatable(setup: dict[str, str]) -
     assert noise["fid"] > row["fid"] and "class_agreement" not in noise
 
 
+def test_rows_carry_diversity_per_class_and_the_tables_print_it(
+    setup: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Train images with their true labels are about as diverse as the test images of their class; an
+    unlabelled row has only the all-images diversity."""
+    out = str(Path(setup["root"]) / "out-diversity")
+    real = run(setup, out, "--model=real")["rows"][0]
+    assert set(real["diversity_per_class"]) == {"dark", "light"} == set(real["kid_per_class"])
+    assert all(0.7 < d < 1.3 for d in real["diversity_per_class"].values())  # 5 images a class against 12
+    assert real["diversity_min"] <= real["diversity"] and real["diversity_min_class"] in ("dark", "light")
+    assert "fid_per_class" not in real  # 5 samples a class, 16 feature dimensions
+    printed = capsys.readouterr().out
+    assert f"{real['diversity']:.3f} / {real['diversity_min']:.3f} ({real['diversity_min_class']})" in printed
+    assert "| row: diversity | dark | light |" in printed and "| row: KID x1e3 | dark | light |" in printed
+    noise = run(setup, out, "--model=noise", "--class-label=none")["rows"][0]
+    assert noise["diversity_all"] > 0 and "diversity" not in noise and "diversity_per_class" not in noise
+
+
 def test_standard_inception_fid_from_a_local_weights_file(
     setup: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
