@@ -11,7 +11,8 @@
 #      the standing run (training/continue_diffusion.py: the same recipe as `make train-continue`, bf16
 #      autocast, channels_last, batch 256): from its full state when $STATE_DIR holds one (copy
 #      ~/.cache/genservice/diffusion-standing to data/diffusion-state and carry it), else warm-started
-#      from models/diffusion. The EBM warm-starts from models/ebm. The budgets shrink if decoding was
+#      from models/diffusion. The EBM (training/train_ebm_recovery.py, the served recipe, batch 128)
+#      warm-starts from models/ebm when that holds a recovery-likelihood energy. The budgets shrink if decoding was
 #      slow, so that training, export and evaluation end before $DEADLINE seconds; each trainer exports
 #      into $WORK/models/<name> (never into models/ directly), and the diffusion run's state is packed
 #      into $OUT/diffusion-state.tar.part00, 01, ... so the CPU standing run continues from it;
@@ -29,7 +30,7 @@
 # CIFAR-10 archive: data/cifar10-jpeg.tar.gz, else ../shared/data/cifar10-jpeg.tar.gz — the device
 # machine does not get ../shared, so carry data/cifar10-jpeg.tar.gz), DEVICE (cuda), DEADLINE (570:
 # seconds from the start by which everything is packed), DIFFUSION_MINUTES (6), EBM_MINUTES (5.5),
-# EVAL_RESERVE (150: seconds kept for export + evaluation), EVAL_N (1000), EVAL_STEPS (100), GUIDANCE
+# EVAL_RESERVE (150: seconds kept for export + evaluation), EBM_BATCH (128), EVAL_N (1000), EVAL_STEPS (100), GUIDANCE
 # (3), OUT (out/gpu-session), WORK (runs/gpu-session: checkpoints, exports, logs), DATA_CACHE
 # (data/cache), STATE_DIR (data/diffusion-state: the standing run's state, if carried), DIFFUSION_ARGS /
 # EBM_ARGS (more trainer flags).
@@ -41,7 +42,8 @@ if [[ "${1:-}" == "--rehearse" ]]; then
     # A CPU dry run of every step with tiny budgets: what to run before spending GPU time.
     : "${DEVICE:=cpu}" "${DIFFUSION_MINUTES:=0.4}" "${EBM_MINUTES:=0.3}" "${EVAL_N:=20}" "${EVAL_STEPS:=4}"
     : "${REFERENCE_SIZE:=200}" "${DIFFUSION_BATCH:=8}" "${EVAL_BATCH:=20}" "${OUT:=out/gpu-rehearsal}"
-    : "${DIFFUSION_ARGS:=--sample-images 10 --sample-steps 2}" "${EBM_ARGS:=--sample-images 10 --serve-steps 10}"
+    : "${DIFFUSION_ARGS:=--sample-images 10 --sample-steps 2}" "${EBM_ARGS:=--sample-images 10 --chain-steps 2}"
+    : "${EBM_BATCH:=8}"
     : "${DEADLINE:=1200}" "${EVAL_RESERVE:=120}" "${DIFFUSION_THREADS:=1}"
     export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 fi
@@ -51,6 +53,7 @@ EVAL_RESERVE=${EVAL_RESERVE:-150}
 DIFFUSION_MINUTES=${DIFFUSION_MINUTES:-6}
 EBM_MINUTES=${EBM_MINUTES:-5.5}
 DIFFUSION_BATCH=${DIFFUSION_BATCH:-256}
+EBM_BATCH=${EBM_BATCH:-128}
 EVAL_N=${EVAL_N:-1000}
 EVAL_STEPS=${EVAL_STEPS:-100}
 EVAL_BATCH=${EVAL_BATCH:-500}
@@ -131,8 +134,13 @@ fi
     --export "$WORK/models/diffusion" "${diffusion_args[@]}" \
     >"$LOGS/train-diffusion.log" 2>&1 &
 declare -A trainer_of=([$!]=diffusion)
-"$PYTHON" -m training.train_ebm "${common[@]}" --resume models/ebm --max-minutes "$ebm_minutes" --serve-step-size 4 \
-    --checkpoint-every 2000 --sample-every 2000 \
+# the EBM: the served recipe (recovery likelihood), warm-started from models/ebm when it holds one
+ebm_start=()
+if grep -q '"recipe": "recovery-likelihood"' models/ebm/config.json 2>/dev/null; then
+    ebm_start=(--resume models/ebm)
+fi
+"$PYTHON" -m training.train_ebm_recovery "${common[@]}" "${ebm_start[@]}" --max-minutes "$ebm_minutes" \
+    --batch-size "$EBM_BATCH" --overwrite-export \
     --out "$WORK/runs/ebm" --export "$WORK/models/ebm" "${ebm_args[@]}" >"$LOGS/train-ebm.log" 2>&1 &
 trainer_of[$!]=ebm
 say "training: diffusion $diffusion_minutes min, ebm $ebm_minutes min (pids ${!trainer_of[*]})"

@@ -1,9 +1,13 @@
 """Train the energy-based model by contrastive divergence with a replay buffer; export its weights.
 
-    python -m training.train_ebm --epochs 30 --batch-size 64
-    python -m training.train_ebm --epochs 1 --max-minutes 15 --data ../shared/data/cifar10-jpeg.tar.gz
-    python -m training.train_ebm --resume runs/ebm                 # continue a run
-    python -m training.train_ebm --resume models/ebm               # warm start from shipped weights
+    python -m training.train_ebm --epochs 30 --batch-size 64     # the served recipe: recovery likelihood
+    python -m training.train_ebm --recipe persistent --epochs 1 --max-minutes 15   # this file's classic recipe
+    python -m training.train_ebm --recipe persistent --resume runs/ebm             # continue a run
+
+`--recipe recovery` (the default) runs training/train_ebm_recovery.py with the other flags: the recipe
+the service serves, because its chains from noise are the chains it was trained with. This file is the
+classic recipe (persistent chains, Du & Mordatch 2019; the theory notebook's), kept for comparison:
+its short serving chains from uniform noise collapse to one colour per class (models/README.md).
 
 Each step: data x+ (random flips, plus Gaussian noise of --data-noise), negatives x- from short
 Langevin chains started in the replay buffer (--buffer-reinit of them from fresh noise), the CD loss
@@ -129,6 +133,7 @@ class TrainState:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--recipe", choices=("recovery", "persistent"), default="recovery", help="see above")
     add_dataclass_arguments(parser, TrainConfig, HELP)
     return parser
 
@@ -375,8 +380,16 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """`--recipe recovery` (the default: the served recipe) hands over to training/train_ebm_recovery.py."""
+    recipe = argparse.ArgumentParser(add_help=False)
+    recipe.add_argument("--recipe", choices=("recovery", "persistent"), default="recovery")
+    known, rest = recipe.parse_known_args(argv)
+    if known.recipe == "recovery":
+        from training import train_ebm_recovery
+
+        return train_ebm_recovery.main(rest)
     configure_logging()
-    cfg = dataclass_from_args(TrainConfig, build_parser().parse_args(argv))
+    cfg = dataclass_from_args(TrainConfig, build_parser().parse_args(rest))
     try:
         train(cfg)
     except DivergenceError as exc:

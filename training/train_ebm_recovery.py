@@ -2,7 +2,8 @@
 
     python -m training.train_ebm_recovery --max-minutes 90                       # a budgeted CPU run
     python -m training.train_ebm_recovery --resume runs/ebm-recovery --max-minutes 60   # continue it
-    python -m training.train_ebm_recovery --epochs 30 --batch-size 64 --device cuda     # a GPU window
+    python -m training.train_ebm_recovery --resume models/ebm --max-minutes 5 --device cuda   # warm start
+    python -m training.train_ebm --epochs 30 --batch-size 64           # the same trainer (the served recipe)
 
 Each step (Gao et al. 2021, arXiv:2012.08125, Algorithm 1): data x (random flips), a level t per
 image uniform in [0, T-1], the pair (x_t, x_{t+1}) of the forward process, negatives y- from the
@@ -162,9 +163,18 @@ def network_config(cfg: TrainConfig, dataset: ImageDataset) -> EnergyConfig:
 
 
 def init_state(cfg: TrainConfig, dataset: ImageDataset, device: torch.device) -> TrainState:
+    """A fresh run, a continuation of a checkpoint, or a warm start from exported recovery-likelihood weights."""
     checkpoint = load_checkpoint(cfg.resume) if cfg.resume and is_checkpoint(cfg.resume) else None
-    config = EnergyConfig.from_dict(checkpoint["energy_config"]) if checkpoint else network_config(cfg, dataset)
+    warm = EBMPipeline.from_pretrained(cfg.resume, device="cpu") if cfg.resume and not checkpoint else None
+    if warm is not None and warm.schedule is None:
+        raise ValueError(f"{cfg.resume} holds a persistent-CD energy (no noise levels): train_ebm.py continues it")
+    if checkpoint is not None:
+        config = EnergyConfig.from_dict(checkpoint["energy_config"])
+    else:
+        config = warm.config if warm is not None else network_config(cfg, dataset)
     net = EnergyNet(config).to(device).train()
+    if warm is not None:
+        net.load_state_dict(warm.net.state_dict())
     optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_lambda(cfg.warmup_steps))
     ema = None
@@ -174,6 +184,14 @@ def init_state(cfg: TrainConfig, dataset: ImageDataset, device: torch.device) ->
     if checkpoint is not None:
         restore(state, checkpoint)
         logger.info("resumed %s at step %d", cfg.resume, state.step)
+    elif warm is not None:
+        before = warm.card.get("training", {})
+        state.history = {
+            "images_seen_before": before.get("images_seen_total", 0),
+            "wall_minutes_before": before.get("wall_minutes_total", 0.0),
+            "warm_started_from": warm.card.get("sha256", ""),
+        }
+        logger.info("warm start from %s (%d images seen before)", cfg.resume, state.history["images_seen_before"])
     return state
 
 
@@ -257,7 +275,8 @@ def summary(state: TrainState, cfg: TrainConfig, terms: RecoveryTerms | None, se
         "recipe": "diffusion recovery likelihood (Gao et al. 2021)",
         "steps": state.step,
         "images_seen": images,
-        "images_seen_total": images,
+        "images_seen_total": images + state.history.get("images_seen_before", 0),
+        "warm_started_from": state.history.get("warm_started_from"),
         "wall_minutes_total": round(minutes, 1),
         "energy_pos": terms.energy_pos if terms else None,
         "energy_neg": terms.energy_neg if terms else None,

@@ -124,7 +124,7 @@ def test_runaway_energies_count_as_divergence_and_stop_without_export(
 
 def _cli_args(tmp_path: Path) -> list[str]:
     return [
-        "--data-cache", str(tmp_path / "cache"), "--out", str(tmp_path / "cli-run"),
+        "--recipe", "persistent", "--data-cache", str(tmp_path / "cache"), "--out", str(tmp_path / "cli-run"),
         "--export", str(tmp_path / "cli-model"),
         "--batch-size", "8", "--base-channels", "8", "--channel-mult", "1,2", "--buffer-size", "64",
         "--langevin-steps", "3", "--serve-steps", "4", "--sample-images", "4", "--device", "cpu", "--epochs", "1",

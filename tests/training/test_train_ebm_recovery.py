@@ -11,12 +11,13 @@ import pytest
 import torch
 
 from ebm_worker import sample as sample_cli
+from shared.ebm.energy import EnergyConfig, EnergyNet
 from shared.ebm.objective import RecoveryTerms
 from shared.ebm.pipeline import EBMPipeline
 from tests.training.conftest import two_class_folder
-from training import train_ebm_recovery
+from training import train_ebm, train_ebm_recovery
 from training.data import load_image_dataset
-from training.train_ebm_recovery import TrainConfig, init_state, main, train, train_step
+from training.train_ebm_recovery import TrainConfig, init_state, train, train_step
 
 
 @pytest.fixture(scope="module")
@@ -80,13 +81,13 @@ def test_a_blow_up_restores_the_last_checkpoint(
     assert calls["n"] == 7  # the run restarted from the checkpoint written at step 0
 
 
-def test_the_export_is_the_served_recovery_chain(tmp_path: Path, data: Path) -> None:
+def test_train_ebm_trains_the_served_recipe_and_its_export_is_the_served_chain(tmp_path: Path, data: Path) -> None:
     args = [
         "--data", str(data), "--data-cache", str(tmp_path / "cache"), "--out", str(tmp_path / "run"),
         "--export", str(tmp_path / "model"), "--batch-size", "8", "--base-channels", "8", "--channel-mult", "1,2",
         "--levels", "3", "--chain-steps", "2", "--sample-images", "4", "--device", "cpu", "--max-steps", "2",
     ]  # fmt: skip
-    assert main(args) == 0
+    assert train_ebm.main(args) == 0  # --recipe recovery is the default
     card = json.loads((tmp_path / "model" / "config.json").read_text())
     assert card["recipe"] == "recovery-likelihood" and card["energy"]["num_levels"] == 3
     assert card["sampling"]["steps"] == 2 and card["sampling"]["noise_scale"] == 0.99
@@ -96,3 +97,13 @@ def test_the_export_is_the_served_recovery_chain(tmp_path: Path, data: Path) -> 
     grid = tmp_path / "grid.png"
     assert sample_cli.main(["--weights", str(tmp_path / "model"), "--n", "2", "--out", str(grid)]) == 0
     assert grid.is_file() and (tmp_path / "model" / "samples.png").is_file()
+
+    warm = train(dataclasses.replace(config(tmp_path / "warm", data, max_steps=1), resume=str(tmp_path / "model")))
+    assert warm["images_seen_total"] == 16 + 8 and warm["warm_started_from"] == pipeline.card["sha256"]
+
+
+def test_a_warm_start_refuses_a_persistent_cd_energy(tmp_path: Path, data: Path) -> None:
+    classic = EBMPipeline(EnergyNet(EnergyConfig(base_channels=8, channel_mult=(1, 2), num_classes=2)))
+    classic.save_pretrained(tmp_path / "classic")
+    with pytest.raises(ValueError, match="persistent-CD"):
+        train(dataclasses.replace(config(tmp_path, data), resume=str(tmp_path / "classic")))
