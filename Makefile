@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 EXTRAS ?= all
 STAMP := $(VENV)/.installed-$(EXTRAS)
 
-.PHONY: install up test lint sample train train-continue train-ebm bench clean
+.PHONY: install up test lint sample train train-continue train-ebm train-ebm-continue bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -59,6 +59,21 @@ train-continue: $(STAMP)
 EBM_TRAIN_ARGS ?= --epochs 30 --batch-size 64
 train-ebm: $(STAMP)
 	$(PY) -m training.train_ebm $(EBM_TRAIN_ARGS)
+
+## train-ebm-continue: the EBM's standing run (recovery likelihood, training/train_ebm_recovery.py) in the
+## background on one thread: resumes its state from ~/.cache/genservice/ebm-standing, else warm-starts from
+## models/ebm (from scratch if that is a persistent-CD energy); checkpoints every 5 minutes and on kill, and
+## exports into models/ebm when it stops. Log: runs/train-ebm-continue.log; stop: kill the pid.
+EBM_STATE ?= $(HOME)/.cache/genservice/ebm-standing
+EBM_CONTINUE_ARGS ?= --max-minutes 170
+train-ebm-continue: $(STAMP)
+	mkdir -p runs
+	if [ -f "$(EBM_STATE)/checkpoint.pt" ]; then resume="$(EBM_STATE)"; \
+	elif grep -q '"recipe": "recovery-likelihood"' models/ebm/config.json; then resume=models/ebm; else resume=; fi; \
+	OMP_NUM_THREADS=1 nohup $(PY) -m training.train_ebm_recovery --threads 1 --device cpu --out "$(EBM_STATE)" \
+		$${resume:+--resume $$resume} --overwrite-export $(EBM_CONTINUE_ARGS) >runs/train-ebm-continue.log 2>&1 & \
+		echo $$! >runs/train-ebm-continue.pid
+	@echo "EBM standing run started: pid $$(cat runs/train-ebm-continue.pid), log runs/train-ebm-continue.log"
 
 ## bench: the benchmark suite -> BENCHMARKS.md (+ bench/results/); `make bench BENCH_ARGS=--quick` for a short run
 BENCH_ARGS ?=
