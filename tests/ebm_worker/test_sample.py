@@ -3,8 +3,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
+from ebm_worker.jobs import job_model
 from ebm_worker.sample import build_parser, main, params_from_args
 from shared.ebm.langevin import LangevinParams
 from shared.ebm.pipeline import EBMPipeline
@@ -48,3 +50,18 @@ def test_bad_input_exits_2_with_a_message(weights: Path, tmp_path: Path, capsys:
     with pytest.raises(SystemExit) as exit_info:
         main(["--weights", str(tmp_path / "missing"), "--out", str(tmp_path / "x.png")])
     assert exit_info.value.code == 2 and "not found" in capsys.readouterr().err
+
+
+def test_a_recovery_likelihood_job_runs_every_level_and_reports_levels_times_steps(tmp_path: Path) -> None:
+    card_chain = LangevinParams(steps=3, step_size=2e-3, noise_scale=0.99, grad_clip=None, clamp=None)
+    EBMPipeline(seeded_energy_net(tiny_energy_config(num_levels=4))).save_pretrained(
+        tmp_path / "drl", sampling=card_chain
+    )
+    pipeline = EBMPipeline.from_pretrained(tmp_path / "drl", device="cpu")
+    model = job_model(pipeline)
+    plan = model.plan({"num_images": 2, "seed": 5, "steps": 2, "class_label": "red"})
+    assert plan.params.langevin.steps == 2 and plan.steps == 2 * 4  # the request's K, at each of 4 levels
+    seen: list[tuple[int, int]] = []
+    images = model.generate(plan.params, lambda k, total, x: seen.append((k, total)))
+    assert images.shape == (2, 3, 8, 8) and images.dtype == torch.uint8
+    assert seen[-1] == (8, 8) and len(seen) == 8
