@@ -12,6 +12,7 @@ import itertools
 import json
 import logging
 import os
+import shutil
 import signal
 import threading
 import time
@@ -296,3 +297,21 @@ def replaces_better_model(export_dir: str | os.PathLike[str], images_seen_total:
     except (ValueError, AttributeError):
         return False
     return int(previous or 0) > images_seen_total
+
+
+def export_run(
+    cfg: RunConfig, result: dict[str, Any], grid: Path, save: Callable[[str], Path], what: str = "weights"
+) -> dict[str, Any]:
+    """`save(cfg.export)` and the run's sample grid as samples.png beside it, unless the export directory
+    holds a model trained on more images (`replaces_better_model`) and --overwrite-export is off.
+    Returns the result with "exported" set."""
+    if replaces_better_model(cfg.export, result["images_seen_total"]) and not cfg.overwrite_export:
+        logger.warning(
+            "%s holds a model trained on more images than this run (%d); kept it. The weights of this run are "
+            "in %s; --overwrite-export replaces the shipped ones.", cfg.export, result["images_seen_total"], cfg.out,
+        )  # fmt: skip
+        return {**result, "exported": False}
+    exported = save(cfg.export)
+    shutil.copyfile(grid, exported / "samples.png")
+    logger.info("exported %s to %s (samples: %s)", what, exported, grid)
+    return {**result, "exported": True}

@@ -23,7 +23,6 @@ import dataclasses
 import json
 import logging
 import math
-import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -54,11 +53,11 @@ from training.common import (
     configure_logging,
     dataclass_from_args,
     epochs_of_batches,
+    export_run,
     is_checkpoint,
     load_checkpoint,
     load_training_data,
     make_ema,
-    replaces_better_model,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -528,17 +527,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         logger.info("checkpoint in %s; the shipped weights change only when a probe beats them", out)
         return {**result, "exported": bool(prober and prober.exports)}
     grid = sample_grid(state, cfg, out / "samples" / f"step_{state.step:07d}.png")
-    if replaces_better_model(cfg.export, result["images_seen_total"]) and not cfg.overwrite_export:
-        logger.warning(
-            "%s holds a model trained on more images than this run (%d); kept it. The weights of this run "
-            "are in %s; --overwrite-export replaces the shipped ones.", cfg.export, result["images_seen_total"], out,
-        )  # fmt: skip
-        return {**result, "exported": False}
     pipeline = DiffusionPipeline(state.ema.module, state.diffusion)  # type: ignore[arg-type]
-    exported = pipeline.save_pretrained(cfg.export, training=result)
-    shutil.copyfile(grid, exported / "samples.png")
-    logger.info("exported EMA weights to %s (samples: %s)", exported, grid)
-    return {**result, "exported": True}
+    return export_run(cfg, result, grid, lambda d: pipeline.save_pretrained(d, training=result), "EMA weights")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -26,7 +26,6 @@ import argparse
 import dataclasses
 import logging
 import math
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -55,10 +54,10 @@ from training.common import (
     configure_logging,
     dataclass_from_args,
     epochs_of_batches,
+    export_run,
     is_checkpoint,
     load_checkpoint,
     load_training_data,
-    replaces_better_model,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -367,16 +366,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     save_checkpoint(out, checkpoint_state(state, cfg))
     grid = sample_grid(state, cfg, out / "samples" / f"step_{state.step:07d}.png")
     result = summary(state, cfg, terms, budget.elapsed)
-    if replaces_better_model(cfg.export, result["images_seen_total"]) and not cfg.overwrite_export:
-        logger.warning(
-            "%s holds a model trained on more images than this run (%d); kept it. The weights of this run "
-            "are in %s; --overwrite-export replaces the shipped ones.", cfg.export, result["images_seen_total"], out,
-        )  # fmt: skip
-        return {**result, "exported": False}
-    export = EBMPipeline(state.net).save_pretrained(cfg.export, training=result, sampling=serving_chain(cfg))
-    shutil.copyfile(grid, export / "samples.png")
-    logger.info("exported weights to %s (samples: %s)", export, grid)
-    return {**result, "exported": True}
+    pipeline = EBMPipeline(state.net)
+    return export_run(
+        cfg, result, grid, lambda d: pipeline.save_pretrained(d, training=result, sampling=serving_chain(cfg))
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

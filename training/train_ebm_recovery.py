@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -57,11 +56,11 @@ from training.common import (
     configure_logging,
     dataclass_from_args,
     epochs_of_batches,
+    export_run,
     is_checkpoint,
     load_checkpoint,
     load_training_data,
     make_ema,
-    replaces_better_model,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -354,17 +353,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     state.history["wall_minutes_before"] = result["wall_minutes_total"]
     save_checkpoint(out, checkpoint_state(state, cfg))
     grid = sample_grid(state, cfg, out / "samples" / f"step_{state.step:07d}.png")
-    if replaces_better_model(cfg.export, result["images_seen_total"]) and not cfg.overwrite_export:
-        logger.warning(
-            "%s holds a model trained on more images (%d); kept it. This run's weights are in %s; "
-            "--overwrite-export replaces the shipped ones.", cfg.export, result["images_seen_total"], out,
-        )  # fmt: skip
-        return {**result, "exported": False}
     pipeline = EBMPipeline(state.serving_net)
-    export = pipeline.save_pretrained(cfg.export, training=result, sampling=chain_params(cfg, serving=True))
-    shutil.copyfile(grid, export / "samples.png")
-    logger.info("exported weights to %s (samples: %s)", export, grid)
-    return {**result, "exported": True}
+    serving = chain_params(cfg, serving=True)
+    return export_run(cfg, result, grid, lambda d: pipeline.save_pretrained(d, training=result, sampling=serving))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
