@@ -1,6 +1,6 @@
 """Item 3: the gateway under load, next to the ceiling of the same operations done directly on Redis.
 
-A real Redis and a real gateway (uvicorn, as `python -m gateway` runs it) start as processes; the
+A real Redis and a real gateway (`python -m gateway`: granian unless configured otherwise) start as processes; the
 load generator (`bench.loadgen`) is a third process. No worker runs, so the queue only grows: the
 POST phase measures `POST /generate/diffusion` (validate, enqueue with RQ, answer with the queue
 position), the GET phase `GET /jobs/{id}` on jobs from the POST phase (queued jobs, as clients poll
@@ -30,6 +30,8 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class GatewayBenchConfig:
     concurrency: int = 16
+    server: str = "granian"  # GENSERVICE_SERVER
+    workers: int = 1  # GENSERVICE_WORKERS
     seconds: float = 10.0
     targets: tuple[tuple[str, float, float], ...] = (("POST", 500.0, 25.0), ("GET", 1500.0, 25.0))
 
@@ -41,9 +43,10 @@ def _healthy(url: str) -> bool:
         return False
 
 
-def start_gateway(workdir: Path) -> Stack:
-    """Redis and one gateway process (no workers), with the queue cap lifted."""
+def start_gateway(workdir: Path, cfg: GatewayBenchConfig) -> Stack:
+    """Redis and one gateway (no workers), with the queue cap lifted."""
     stack = Stack(workdir)
+    stack.env["GENSERVICE_SERVER"], stack.env["GENSERVICE_WORKERS"] = cfg.server, str(cfg.workers)
     stack.env["GENSERVICE_MAX_QUEUE_DEPTH"] = str(10**9)
     stack.env["GENSERVICE_ACCESS_LOG"] = "false"  # a JSON line per request: ~a fifth of a poll's CPU
     stack.spawn("redis", "-m", "shared.service.redis_server", "--port", str(stack.redis_port),
@@ -69,12 +72,12 @@ def load(mode: str, stack: Stack, cfg: GatewayBenchConfig, ids_file: Path | None
 def run_gateway_bench(cfg: GatewayBenchConfig) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-gateway-") as tmp:
         workdir = Path(tmp)
-        stack = start_gateway(workdir)
+        stack = start_gateway(workdir, cfg)
         try:
             results = {"POST /generate/diffusion": load("http-post", stack, cfg)}
             ids_file = workdir / "ids.txt"
             ids_file.write_text("\n".join(results["POST /generate/diffusion"]["ids"][:200]))
-            results["JobStore.submit (Redis direct)"] = load("redis-post", stack, cfg)
+            results["JobStore.submit_with_position (Redis direct)"] = load("redis-post", stack, cfg)
             depth = stack.redis.llen("rq:queue:diffusion")
             results["GET /jobs/{id}"] = load("http-get", stack, cfg, ids_file)
             results["JobStore.fetch + describe (Redis direct)"] = load("redis-get", stack, cfg, ids_file)
@@ -101,4 +104,5 @@ def run_gateway_bench(cfg: GatewayBenchConfig) -> dict[str, Any]:
             "operation": method, "target": f">= {rps:,.0f} req/s, p99 < {p99:g} ms",
             "measured": f"{r['req_per_s']:,.0f} req/s, p99 {r['p99_ms']:.1f} ms", "met": "yes" if ok else "no",
         })  # fmt: skip
-    return {"rows": rows, "verdicts": verdicts, "queue_depth_at_get": depth}
+    return {"rows": rows, "verdicts": verdicts, "queue_depth_at_get": depth, "server": cfg.server,
+            "workers": cfg.workers}  # fmt: skip

@@ -7,9 +7,10 @@ python -m bench.loadgen redis-get  --redis ... --ids ids.txt
 
 HTTP modes: `concurrency` keep-alive HTTP/1.1 connections on raw asyncio streams, each sending its
 next request when the previous answer is in (a closed loop; no HTTP library, so the generator costs
-little CPU). Redis modes: the same operations the gateway performs (`JobStore.submit`, and
-`JobStore.fetch_with_lookups` + `describe`), called directly from one thread: the ceiling those Redis
-round trips allow one Python process without HTTP, FastAPI or pydantic in the way.
+little CPU). Redis modes: the same operations the gateway performs (the queue length and
+`JobStore.submit_with_position`, and `JobStore.fetch_with_lookups` + `describe`), called directly from one
+thread: the ceiling those Redis round trips allow one Python process without HTTP, FastAPI or pydantic in
+the way.
 """
 
 from __future__ import annotations
@@ -108,8 +109,8 @@ def run_redis(mode: str, redis_url: str, seconds: float, ids: list[str]) -> dict
     while time.perf_counter() < deadline:
         t0 = time.perf_counter()
         if mode == "redis-post":
-            job = store.submit("diffusion", {"num_images": 1, "steps": 50, "seed": 1})
-            store.queue("diffusion").get_job_position(job.id)  # the gateway answers with it
+            _ = store.queue("diffusion").count  # the gateway's capacity check
+            job, _ = store.submit_with_position("diffusion", {"num_images": 1, "steps": 50, "seed": 1})
             if len(new_ids) < 1000:
                 new_ids.append(job.id)
         else:

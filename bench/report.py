@@ -163,7 +163,8 @@ def _batching_section(r: dict[str, Any]) -> list[str]:
 def _gateway_section(r: dict[str, Any]) -> list[str]:
     out = ["## 3. Gateway under load\n"]
     out.append(
-        "One gateway process (uvicorn, as `python -m gateway` runs it) on a real Redis, no worker (the queue "
+        f"One gateway (`python -m gateway` with GENSERVICE_SERVER={r.get('server', 'uvicorn')}, "
+        f"GENSERVICE_WORKERS={r.get('workers', 1)}) on a real Redis, no worker (the queue "
         "only grows); the load generator is a separate process (`bench/loadgen.py`: keep-alive HTTP/1.1 on "
         "raw asyncio streams, a fixed number of connections, each sending its next request when the last "
         "answer is in). The Redis-direct rows run the gateway's own `JobStore` calls for the same operations "
@@ -174,7 +175,7 @@ def _gateway_section(r: dict[str, Any]) -> list[str]:
     out.append("\n**Targets (2 cores):**\n")
     out.append(table(r["verdicts"]))
     rows = {row["operation"]: row for row in r["rows"]}
-    pairs = (("POST /generate/diffusion", "JobStore.submit (Redis direct)"),
+    pairs = (("POST /generate/diffusion", "JobStore.submit_with_position (Redis direct)"),
              ("GET /jobs/{id}", "JobStore.fetch + describe (Redis direct)"))  # fmt: skip
     shares = [
         f"{http} reaches {rows[http]['req/s'] / rows[direct]['req/s']:.0%} of its Redis-direct ceiling"
@@ -184,9 +185,26 @@ def _gateway_section(r: dict[str, Any]) -> list[str]:
     if shares:
         out.append(
             "\n" + "; ".join(shares) + ". The difference is HTTP parsing, FastAPI routing and pydantic "
-            "validation/serialisation in one uvicorn process (sync routes run in its thread pool), on a machine "
-            "whose other core runs the load generator and Redis.\n"
+            "validation/serialisation in the gateway, on a machine whose cores also run the load generator and "
+            "Redis.\n"
         )
+    return out
+
+
+def _gateway_ab_section(r: dict[str, Any]) -> list[str]:
+    out = ["### 3b. Gateway changes, A/B\n"]
+    out.append(
+        "`python -m bench.gateway_ab`: gateways built from different source trees, each with its own Redis, take "
+        "turns (a POST phase on an empty Redis, then a GET phase on its jobs, `bench/loadgen.py` as above), round "
+        "after round, so a change in the machine's load hits each alike. The ratios compare each contender with "
+        "the first in the same round (median over rounds); *gateway CPU ms/request* is the CPU time the "
+        "gateway's processes spent per answered request (/proc). Absolute req/s and latencies here say what "
+        f"the machine allowed at the time, not what the gateway can do. Conditions: {r.get('conditions') or '-'}\n"
+    )
+    out.append(key_values({k: r[k] for k in ("date (UTC)", "commit", "load average at start", "load average at end",
+                                              "seconds per phase", "connections")}))  # fmt: skip
+    out.append("\n" + table([{"contender": k, "source (server; environment)": v} for k, v in r["contenders"].items()]))
+    out.append("\n" + table(r["rows"]))
     return out
 
 
@@ -230,6 +248,8 @@ def render(results: dict[str, Any], out_dir: Path) -> str:
         parts += _batching_section(results["batching"])
     if "gateway" in results:
         parts += _gateway_section(results["gateway"])
+    if "gateway_ab" in results:
+        parts += _gateway_ab_section(results["gateway_ab"])
     if "cost" in results:
         parts += _cost_section(results["cost"], out_dir)
     return "\n".join(parts)

@@ -13,7 +13,7 @@ import hmac
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
-from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
 
 from gateway.deps import SettingsDep
 from gateway.settings import GatewaySettings
@@ -50,16 +50,16 @@ async def caller(request: Request, settings: SettingsDep) -> str | None:
 Caller = Annotated[str | None, Depends(caller)]
 
 
-def rate_limit(redis: Redis, settings: GatewaySettings, who: str | None) -> None:
+async def rate_limit(redis: AsyncRedis, settings: GatewaySettings, who: str | None) -> None:
     """A fixed one-minute window per key, counted in Redis (shared by every gateway replica)."""
     if not settings.rate_limit_per_minute:
         return
     bucket = f"{keys.PREFIX}:rate:{who or 'anonymous'}"
-    with redis.pipeline() as pipe:
+    async with redis.pipeline() as pipe:
         pipe.set(bucket, 0, ex=60, nx=True)  # opens the window (works on Redis 6.2, unlike EXPIRE NX)
         pipe.incr(bucket)
         pipe.ttl(bucket)
-        _, count, ttl = pipe.execute()
+        _, count, ttl = await pipe.execute()
     if count > settings.rate_limit_per_minute:
         raise HTTPException(
             status.HTTP_429_TOO_MANY_REQUESTS, f"rate limit of {settings.rate_limit_per_minute} requests a minute",

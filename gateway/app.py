@@ -29,7 +29,12 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.redis = Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=2)
+        timeout = settings.redis_timeout  # a hung Redis: a 503 after this long, not a request that waits
+        app.state.redis = Redis.from_url(settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout)
+        # the poll path (GET /jobs/{id}) on the event loop: no thread handoff per request
+        app.state.poll_redis = AsyncRedis.from_url(
+            settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout, max_connections=64
+        )
         # for the event streams: XREAD blocks up to a heartbeat on a connection of its own, no thread held
         app.state.aredis = AsyncRedis.from_url(
             settings.redis_url, socket_timeout=settings.sse_heartbeat_seconds + 5, socket_connect_timeout=2,
@@ -42,6 +47,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         yield
         await app.state.text_client.aclose()
         await app.state.aredis.aclose()
+        await app.state.poll_redis.aclose()
         app.state.redis.close()
 
     app = FastAPI(

@@ -35,8 +35,8 @@ RedisDep = Annotated[Redis, Depends(get_redis)]
 TextClientDep = Annotated[httpx.AsyncClient, Depends(get_text_client)]
 
 
-async def get_store(redis: RedisDep, settings: SettingsDep) -> JobStore:
-    return JobStore(redis, settings)
+async def get_store(request: Request, redis: RedisDep, settings: SettingsDep) -> JobStore:
+    return JobStore(redis, settings, request.app.state.poll_redis)
 
 
 StoreDep = Annotated[JobStore, Depends(get_store)]

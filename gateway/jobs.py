@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
+from redis.asyncio.client import Pipeline as AsyncPipeline
 from redis.client import Pipeline
 from rq import Queue, Retry, Worker, worker_registration
 from rq.exceptions import NoSuchJobError
@@ -44,6 +46,7 @@ _STATES: dict[RQStatus, JobState] = {
 
 REAP_INTERVAL = 1.0  # seconds between reaps of one queue by one gateway process (see JobStore._reap_due)
 _last_reap: dict[tuple[int, str], float] = {}
+_server_versions: dict[int, tuple[int, int, int]] = {}  # id(sync client) -> Redis version, for RQ (asubmit)
 
 
 @dataclass(frozen=True)
@@ -67,14 +70,54 @@ class JobConflictError(Exception):
 
 
 class JobStore:
-    def __init__(self, redis: Redis, settings: QueueSettings) -> None:
-        self.redis, self.settings = redis, settings
+    """RQ's jobs on `redis`; `aredis` (optional) serves the poll path without a thread (`afetch_with_lookups`)."""
+
+    def __init__(self, redis: Redis, settings: QueueSettings, aredis: AsyncRedis | None = None) -> None:
+        self.redis, self.settings, self.aredis = redis, settings, aredis
 
     def queue(self, model: str) -> Queue:
         return Queue(keys.QUEUES[model], connection=self.redis, serializer=JSONSerializer)
 
     def submit(self, model: str, request: dict[str, Any], owner: str | None = None) -> Job:
-        return self.queue(model).enqueue(
+        return self.submit_with_position(model, request, owner)[0]
+
+    def submit_with_position(self, model: str, request: dict[str, Any], owner: str | None = None) -> tuple[Job, int]:
+        """Enqueue with RQ and read the job's queue position in one transaction (one round trip): RQ's writes
+        (the queue set, the job hash, the push) go into our pipeline, and LPOS searches from the tail, where
+        the job has just been pushed."""
+        with self.redis.pipeline() as pipe:
+            job = self._enqueue(model, request, owner, pipe)
+            pipe.lpos(self.queue(model).key, job.id, rank=-1)
+            return job, int(pipe.execute()[-1])
+
+    async def asubmit_with_position(
+        self, model: str, request: dict[str, Any], owner: str | None = None
+    ) -> tuple[Job, int]:
+        """`submit_with_position` on the async client: the same transaction, no thread. RQ writes the job into
+        a pipeline of the sync client, which is never executed itself: its commands go out on the async one."""
+        assert self.aredis is not None, "JobStore was made without an async client"
+        await self._server_version()
+        with self.redis.pipeline() as collected:
+            job = self._enqueue(model, request, owner, collected)
+            async with self.aredis.pipeline(transaction=True) as pipe:
+                for args, options in collected.command_stack:
+                    pipe.execute_command(*args, **options)
+                pipe.lpos(self.queue(model).key, job.id, rank=-1)
+                return job, int((await pipe.execute())[-1])
+
+    async def _server_version(self) -> None:
+        """RQ reads the Redis version (INFO) once per client before its first enqueue: done here on the async
+        client, so RQ's own (blocking) read never runs on the event loop."""
+        assert self.aredis is not None
+        if not _server_versions.get(id(self.redis)):
+            info = await self.aredis.info("server")
+            parts = [int(part) for part in str(info["redis_version"]).split(".")[:3]]
+            _server_versions[id(self.redis)] = (*parts, 0, 0, 0)[:3]  # type: ignore[assignment]
+
+    def _enqueue(self, model: str, request: dict[str, Any], owner: str | None, pipe: Pipeline) -> Job:
+        queue = self.queue(model)
+        queue.redis_server_version = _server_versions.get(id(self.redis))  # type: ignore[assignment]
+        return queue.enqueue(
             JOB_FUNCTIONS[model],
             kwargs={"request": request},
             job_id=str(uuid.uuid4()),
@@ -84,6 +127,7 @@ class JobStore:
             retry=Retry(max=self.settings.max_retries) if self.settings.max_retries else None,
             meta={"model": model, "attempts": 0, "owner": owner},
             description=f"{model}: {request.get('num_images')} image(s)",
+            pipeline=pipe,
         )
 
     def fetch(self, job_id: str) -> Job | None:
@@ -102,14 +146,16 @@ class JobStore:
             finally:
                 queue.release_maintenance_lock()
 
-    def _reap_due(self, queue: Queue) -> bool:
+    def _reap_due(self, queue: Queue, claim: bool = True) -> bool:
         """At most one reap per queue, Redis and process every REAP_INTERVAL seconds: a GET of a running
         job would otherwise take RQ's lock and scan the registry each time, while a dead worker's job is
-        found only once its heartbeat key expires anyway (at most REAP_INTERVAL later here)."""
+        found only once its heartbeat key expires anyway (at most REAP_INTERVAL later here). `claim=False`
+        only asks."""
         slot, now = (id(self.redis), queue.key), time.monotonic()
         if now - _last_reap.get(slot, -REAP_INTERVAL) < REAP_INTERVAL:
             return False
-        _last_reap[slot] = now
+        if claim:
+            _last_reap[slot] = now
         return True
 
     def canceled(self, job: Job) -> bool:
@@ -152,7 +198,7 @@ class JobStore:
             pipe.zrem(self.queue(job.meta.get("model", "diffusion")).canceled_job_registry.key, job.id)
             pipe.execute()
 
-    def _ask_lookups(self, pipe: Pipeline, job_id: str) -> None:
+    def _ask_lookups(self, pipe: Pipeline | AsyncPipeline, job_id: str) -> None:
         pipe.exists(keys.cancel_flag(job_id))
         for model in keys.QUEUES:  # LPOS in every queue: they are short (GENSERVICE_MAX_QUEUE_DEPTH)
             pipe.lpos(self.queue(model).key, job_id)
@@ -175,10 +221,39 @@ class JobStore:
             pipe.hgetall(job.key)
             self._ask_lookups(pipe, job_id)
             raw, *replies = pipe.execute()
+        return self._restored(job, raw, replies)
+
+    async def afetch_with_lookups(self, job_id: str) -> tuple[Job, Lookups] | None:
+        """`fetch_with_lookups` on the async client: the same one round trip, no thread. The job stays bound to
+        the sync client, for `describe` (which reads nothing more unless `describe_reads_redis` says so)."""
+        assert self.aredis is not None, "JobStore was made without an async client"
+        try:
+            uuid.UUID(job_id)
+        except ValueError:
+            return None
+        job = Job(job_id, connection=self.redis, serializer=JSONSerializer)
+        async with self.aredis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(job.key)
+            self._ask_lookups(pipe, job_id)
+            raw, *replies = await pipe.execute()
+        return self._restored(job, raw, replies)
+
+    @staticmethod
+    def _restored(job: Job, raw: dict[bytes, bytes], replies: list[Any]) -> tuple[Job, Lookups] | None:
         if not raw:
             return None
         job.restore(raw)
         return job, Lookups.parse(replies)
+
+    def describe_reads_redis(self, job: Job, lookups: Lookups) -> bool:
+        """Whether `describe(job, ..., lookups)` reads or writes Redis: for a failed job (its error), a job with a
+        cancel flag (a requeued one is canceled there), a started job when a reap is due. The usual poll of a
+        queued, running or finished job reads nothing more, so the poll route describes it on the event loop."""
+        status = job.get_status(refresh=False)
+        if status == RQStatus.FAILED or lookups.canceled:
+            return True
+        model = job.meta.get("model")
+        return status == RQStatus.STARTED and model in keys.QUEUES and self._reap_due(self.queue(model), claim=False)
 
     def describe(self, job: Job, base_url: str, lookups: Lookups | None = None) -> JobStatus:
         """`job` as just fetched; `lookups` read with it (`fetch_with_lookups`), or here."""

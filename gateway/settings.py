@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
@@ -18,6 +18,11 @@ class GatewaySettings(QueueSettings):
     text_service_timeout: float = Field(30.0, gt=0, description="seconds to wait for the text service")
     host: str = "0.0.0.0"
     port: int = Field(8000, ge=1, le=65535)
+    server: Literal["granian", "uvicorn"] = Field(
+        "granian",
+        description="the ASGI server of `python -m gateway`: granian parses HTTP in Rust threads beside the Python "
+        "event loop (more requests a second on the same cores: BENCHMARKS.md, item 3); uvicorn is the fallback",
+    )
     workers: int = Field(
         1,
         ge=1,
@@ -29,6 +34,13 @@ class GatewaySettings(QueueSettings):
         ge=1,
         description="threads per process for the sync routes (Redis calls); few threads contend less for "
         "the GIL: lower tail latency and more requests a second than anyio's 40",
+    )
+    redis_timeout: float = Field(
+        2.0,
+        gt=0,
+        le=60,
+        description="seconds one Redis call of a request may take (connect, or wait for the answer) before the "
+        "request answers 503: a hung Redis costs a client this long, and never blocks the event loop",
     )
     access_log: bool = Field(True, description="one JSON log line per request (about a fifth of the CPU of a job poll)")
     # limits and backpressure

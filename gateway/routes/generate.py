@@ -17,7 +17,7 @@ RESPONSES = {
 }  # fmt: skip
 
 
-def _accept(
+async def _accept(
     model: str,
     body: DiffusionRequest | EBMRequest,
     store: StoreDep,
@@ -26,29 +26,24 @@ def _accept(
     request: Request,
     response: Response,
 ) -> JobAccepted:
-    rate_limit(store.redis, settings, who)
     if body.webhook is not None:
         check_webhook(body.webhook, settings)
     check_compute(body.num_images, body.steps, settings)
-    check_capacity(store.queue(model).count, settings, model)
     params = body.model_dump()
     if params["webhook"] is None:  # recorded with the job only when there is one
         del params["webhook"], params["webhook_events"]
     if params["seed"] is None:
         params["seed"] = new_seed()
-    job = store.submit(model, params, owner=who)
+    await rate_limit(store.aredis, settings, who)
+    check_capacity(await store.aredis.llen(store.queue(model).key), settings, model)
+    job, position = await store.asubmit_with_position(model, params, owner=who)  # on the event loop, no thread
     status_url = str(request.url_for("get_job", job_id=job.id))
     response.headers["Location"] = status_url
-    return JobAccepted(
-        job_id=job.id,
-        status="queued",
-        status_url=status_url,
-        queue_position=store.queue(model).get_job_position(job.id),
-    )
+    return JobAccepted(job_id=job.id, status="queued", status_url=status_url, queue_position=position)
 
 
 @router.post("/diffusion", status_code=status.HTTP_202_ACCEPTED, response_model=JobAccepted, responses=RESPONSES)
-def generate_diffusion(
+async def generate_diffusion(
     body: DiffusionRequest, store: StoreDep, settings: SettingsDep, who: Caller, request: Request, response: Response
 ) -> JobAccepted:
     """Queue a diffusion job: DDPM (all 1000 steps), DDIM or DPM-Solver++(2M) (`sampler`, fewer steps).
@@ -56,12 +51,12 @@ def generate_diffusion(
     Classifier-free guidance (`guidance_scale`) acts on images with a class label only, and with
     `guidance_interval` only at steps whose noise level sigma_t lies in (sigma_lo, sigma_hi].
     """
-    return _accept("diffusion", body, store, settings, who, request, response)
+    return await _accept("diffusion", body, store, settings, who, request, response)
 
 
 @router.post("/ebm", status_code=status.HTTP_202_ACCEPTED, response_model=JobAccepted, responses=RESPONSES)
-def generate_ebm(
+async def generate_ebm(
     body: EBMRequest, store: StoreDep, settings: SettingsDep, who: Caller, request: Request, response: Response
 ) -> JobAccepted:
     """Queue a Langevin-dynamics job on the energy-based model."""
-    return _accept("ebm", body, store, settings, who, request, response)
+    return await _accept("ebm", body, store, settings, who, request, response)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from anyio import to_thread
 from fastapi import APIRouter, HTTPException, Request, Response, status
 from rq.job import Job
 
@@ -29,10 +30,16 @@ def _job(store: JobStore, job_id: str, who: str | None) -> Job:
 
 
 @router.get("/{job_id}", response_model=JobStatus, responses=JOB_ROUTE)
-def get_job(job_id: str, store: StoreDep, who: Caller, request: Request) -> JobStatus:
+async def get_job(job_id: str, store: StoreDep, who: Caller, request: Request) -> JobStatus:
     """Status, progress, queue position, timestamps, parameters, error and result URLs of a job."""
-    job, lookups = store.fetch_with_lookups(job_id) or (None, None)  # one Redis round trip for a poll
-    return store.describe(_owned(job, job_id, who), str(request.base_url), lookups)
+    # One Redis round trip on the async client (its timeout turns a hung Redis into a 503); the usual poll is
+    # then described on the event loop, and only a job whose description reads Redis again goes to a thread.
+    job, lookups = await store.afetch_with_lookups(job_id) or (None, None)
+    job = _owned(job, job_id, who)
+    assert lookups is not None
+    if store.describe_reads_redis(job, lookups):
+        return await to_thread.run_sync(store.describe, job, str(request.base_url), lookups)
+    return store.describe(job, str(request.base_url), lookups)
 
 
 def _png(store: JobStore, job_id: str, who: str | None, data: bytes | None) -> Response:

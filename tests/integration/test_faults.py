@@ -1,13 +1,18 @@
-"""Faults with real processes: Redis restarting under queued jobs, workers with broken weights."""
+"""Faults with real processes: Redis restarting under queued jobs, a hung Redis, workers with broken weights."""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
+from redis import Redis
 
 from tests.integration.stack import ROOT, Stack, wait_until
 
@@ -48,6 +53,52 @@ def test_queued_jobs_survive_a_redis_restart_and_the_gateway_answers_503_meanwhi
             assert stack.wait_for(job["job_id"], timeout=90)["status"] == "finished"
     finally:
         stack.close()
+
+
+def _timed(method: str, url: str, **kwargs: object) -> tuple[int, float]:
+    start = time.monotonic()
+    answer = httpx.request(method, url, timeout=30, **kwargs)  # type: ignore[arg-type]
+    return answer.status_code, time.monotonic() - start
+
+
+def test_a_hung_redis_turns_into_quick_503s_and_never_blocks_the_event_loop(tmp_path: Path) -> None:
+    """Redis stopped with SIGSTOP accepts connections and answers nothing: polls (async client) and submits
+    (threads) answer 503 after GENSERVICE_REDIS_TIMEOUT, and /health answers meanwhile."""
+    stack = Stack(tmp_path)
+    stack.env["GENSERVICE_REDIS_TIMEOUT"] = "1"
+    redis = stack.spawn("redis", "-m", "shared.service.redis_server", "--port", str(stack.redis_port),
+                        "--dir", str(tmp_path / "redis"), "--no-appendonly")  # fmt: skip
+    stack.redis = Redis.from_url(stack.redis_url)
+    wait_until(stack._redis_up, 20, "Redis")
+    stack.spawn("gateway", "-m", "gateway")
+    wait_until(lambda: _up(stack.url), 60, "the gateway")
+    try:
+        job_id = httpx.post(f"{stack.url}/generate/diffusion", json={"steps": 5}).json()["job_id"]
+        assert httpx.get(f"{stack.url}/jobs/{job_id}").status_code == 200
+        os.kill(redis.pid, signal.SIGSTOP)
+        try:
+            with ThreadPoolExecutor(16) as pool:  # more requests than the gateway has threads
+                polls = [pool.submit(_timed, "GET", f"{stack.url}/jobs/{job_id}") for _ in range(8)]
+                posts = [pool.submit(_timed, "POST", f"{stack.url}/generate/diffusion", json={"steps": 5})
+                         for _ in range(4)]  # fmt: skip
+                time.sleep(0.3)
+                health = _timed("GET", f"{stack.url}/health")
+                answers = [f.result() for f in polls + posts]
+            assert health[0] == 200 and health[1] < 0.5, health
+            assert {code for code, _ in answers} == {503}, answers
+            assert max(seconds for _, seconds in answers) < 4, answers  # 1 s timeout, up to 4 threads' worth queued
+        finally:
+            os.kill(redis.pid, signal.SIGCONT)
+        assert httpx.get(f"{stack.url}/jobs/{job_id}").status_code == 200  # the clients reconnect by themselves
+    finally:
+        stack.close()
+
+
+def _up(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/health", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 def test_ready_reports_a_missing_worker(tmp_path: Path) -> None:
