@@ -44,8 +44,9 @@ TINY_UNET = UNetConfig(
 )
 
 
-def configs(mode: str, device: str, compile: bool = True) -> dict[str, Any]:
-    """The settings of each item for mode full, quick or tiny."""
+def configs(mode: str, device: str, compile: bool = True, gateway: tuple[str, int] = ("granian", 1)) -> dict[str, Any]:
+    """The settings of each item for mode full, quick or tiny; `gateway`: GENSERVICE_SERVER and _WORKERS of item 3."""
+    server, workers = gateway
     if mode == "tiny":
         return {
             "sampler": SamplerBenchConfig(
@@ -81,7 +82,7 @@ def configs(mode: str, device: str, compile: bool = True) -> dict[str, Any]:
             compile_mode="reduce-overhead" if cuda else None,
         ),
         "batching": BatchingBenchConfig(steps=10 if quick else 50, weights=None if quick else SHIPPED_DIFFUSION),
-        "gateway": GatewayBenchConfig(seconds=3.0 if quick else 10.0),
+        "gateway": GatewayBenchConfig(seconds=3.0 if quick else 10.0, server=server, workers=workers),
         "cost": CostBenchConfig(steps=(10, 25, 50), batches=(1, 4, 16), max_image_steps=16 * 25)
         if quick
         else CostBenchConfig(),
@@ -95,10 +96,17 @@ def _cost_in_fresh_process(cfg: CostBenchConfig) -> dict[str, Any]:
 
 
 def run(
-    items: Sequence[str], mode: str, device: str, out: Path, results_dir: Path, compile: bool, merge: bool
+    items: Sequence[str],
+    mode: str,
+    device: str,
+    out: Path,
+    results_dir: Path,
+    compile: bool,
+    merge: bool,
+    gateway: tuple[str, int] = ("granian", 1),
 ) -> dict[str, Any]:
     """Run the items, rewriting the report after each one, so a run cut short keeps what it measured."""
-    cfg = configs(mode, device, compile)
+    cfg = configs(mode, device, compile, gateway)
     raw = results_dir / f"{out.stem}.json"
     results: dict[str, Any] = json.loads(raw.read_text()) if merge and raw.exists() else {}
     results.update(mode=mode, device=device, machine=report.machine_info())
@@ -134,6 +142,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # the tests' toy configuration
     p.add_argument("--only", default=",".join(ITEMS), help=f"comma-separated subset of {','.join(ITEMS)}")
     p.add_argument("--device", default="cpu", help="cpu or cuda (items sampler and batching)")
+    p.add_argument("--gateway-server", choices=["granian", "uvicorn"], default="granian", help="item 3's server")
+    p.add_argument("--gateway-workers", type=int, default=1, help="item 3's gateway processes (GENSERVICE_WORKERS)")
     p.add_argument("--out", type=Path, default=ROOT / "BENCHMARKS.md")
     p.add_argument("--results", type=Path, default=ROOT / "bench" / "results", help="raw JSON and the plot")
     args = p.parse_args(argv)
@@ -144,7 +154,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     mode = "tiny" if args.tiny else "quick" if args.quick else "full"
     args.results.mkdir(parents=True, exist_ok=True)
-    results = run(items, mode, args.device, args.out, args.results, not args.no_compile, args.merge)
+    results = run(items, mode, args.device, args.out, args.results, not args.no_compile, args.merge,
+                  (args.gateway_server, args.gateway_workers))  # fmt: skip
     logger.info("done in %.0f s", results.get("total_seconds", 0.0))
     return 0
 
