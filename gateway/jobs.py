@@ -73,7 +73,13 @@ class JobStore:
     """RQ's jobs on `redis`; `aredis` (optional) serves the poll path without a thread (`afetch_with_lookups`)."""
 
     def __init__(self, redis: Redis, settings: QueueSettings, aredis: AsyncRedis | None = None) -> None:
-        self.redis, self.settings, self.aredis = redis, settings, aredis
+        self.redis, self.settings, self._aredis = redis, settings, aredis
+
+    @property
+    def aredis(self) -> AsyncRedis:
+        if self._aredis is None:
+            raise RuntimeError("this JobStore was made without an async Redis client")
+        return self._aredis
 
     def queue(self, model: str) -> Queue:
         return Queue(keys.QUEUES[model], connection=self.redis, serializer=JSONSerializer)
@@ -95,7 +101,6 @@ class JobStore:
     ) -> tuple[Job, int]:
         """`submit_with_position` on the async client: the same transaction, no thread. RQ writes the job into
         a pipeline of the sync client, which is never executed itself: its commands go out on the async one."""
-        assert self.aredis is not None, "JobStore was made without an async client"
         await self._server_version()
         with self.redis.pipeline() as collected:
             job = self._enqueue(model, request, owner, collected)
@@ -108,7 +113,6 @@ class JobStore:
     async def _server_version(self) -> None:
         """RQ reads the Redis version (INFO) once per client before its first enqueue: done here on the async
         client, so RQ's own (blocking) read never runs on the event loop."""
-        assert self.aredis is not None
         if not _server_versions.get(id(self.redis)):
             info = await self.aredis.info("server")
             parts = [int(part) for part in str(info["redis_version"]).split(".")[:3]]
@@ -116,6 +120,7 @@ class JobStore:
 
     def _enqueue(self, model: str, request: dict[str, Any], owner: str | None, pipe: Pipeline) -> Job:
         queue = self.queue(model)
+        # known (asubmit read it): RQ does not ask; None: RQ reads it itself on the sync client, once
         queue.redis_server_version = _server_versions.get(id(self.redis))  # type: ignore[assignment]
         return queue.enqueue(
             JOB_FUNCTIONS[model],
@@ -226,7 +231,6 @@ class JobStore:
     async def afetch_with_lookups(self, job_id: str) -> tuple[Job, Lookups] | None:
         """`fetch_with_lookups` on the async client: the same one round trip, no thread. The job stays bound to
         the sync client, for `describe` (which reads nothing more unless `describe_reads_redis` says so)."""
-        assert self.aredis is not None, "JobStore was made without an async client"
         try:
             uuid.UUID(job_id)
         except ValueError:
