@@ -98,8 +98,15 @@ class Contender:
         self.gateway = subprocess.Popen(server_command(spec["server"], port), cwd=spec["source"], env=env,
                                         stdout=self.log, stderr=self.log)  # fmt: skip
         self.redis = Redis.from_url(self.redis_url)
-        wait_until(lambda: _ping(self.redis), 20, "Redis")
-        wait_until(lambda: _healthy(self.url), 60, f"the gateway ({self.name})")
+        try:
+            wait_until(lambda: _ping(self.redis), 20, "Redis")
+            wait_until(lambda: self.gateway.poll() is not None or _healthy(self.url), 60, f"the gateway ({self.name})")
+            if self.gateway.returncode is not None:
+                raise RuntimeError(f"the gateway ({self.name}) exited with {self.gateway.returncode}")
+        except BaseException:
+            self.close()
+            print(Path(self.log.name).read_text()[-3000:], file=sys.stderr)  # why it did not come up
+            raise
 
     def turn(self, seconds: float, concurrency: int) -> dict[str, Any]:
         """A POST phase on an empty Redis, then a GET phase on jobs from it."""
