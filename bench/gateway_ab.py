@@ -177,8 +177,10 @@ def main(argv: list[str] | None = None) -> int:
         "--into",
         type=Path,
         help="a `python -m bench` results JSON (bench/results/BENCHMARKS.json): "
-        "the summary goes in as `gateway_ab`, and the report beside it (BENCHMARKS.md) is rendered again",
+        "the summary goes in under --key, and the report beside it (BENCHMARKS.md) is rendered again",
     )
+    p.add_argument("--key", default="gateway_ab", help="the entry of --into (each gateway_ab* entry is a subsection)")
+    p.add_argument("--title", default="Gateway changes, A/B", help="the subsection's title in the report")
     p.add_argument("--conditions", default="", help="what the machine was doing, said in the report as given")
     args = p.parse_args(argv)  # fmt: skip
     contenders = [parse_contender(c) for c in args.contenders]
@@ -205,13 +207,14 @@ def main(argv: list[str] | None = None) -> int:
         "load average at start": ", ".join(f"{x:.2f}" for x in load_start),
         "load average at end": ", ".join(f"{x:.2f}" for x in os.getloadavg()),
         "seconds per phase": args.seconds, "connections": args.concurrency, "conditions": args.conditions,
+        "title": args.title,
         "contenders": {c["name"]: _describe(c) for c in contenders}, "rows": summarize(results),
     }  # fmt: skip
     if args.out:
         args.out.write_text(json.dumps({**summary, "results": results}, indent=1))
     if args.into:
         merged = json.loads(args.into.read_text())  # a run's results: the rest of the report comes from them
-        merged["gateway_ab"] = summary
+        merged[args.key] = summary
         args.into.write_text(json.dumps(merged, indent=1, default=str))
         report_path = ROOT / f"{args.into.stem}.md"
         report_path.write_text(render(merged, report_path.parent))

@@ -191,15 +191,16 @@ def _gateway_section(r: dict[str, Any]) -> list[str]:
     return out
 
 
-def _gateway_ab_section(r: dict[str, Any]) -> list[str]:
-    out = ["### 3b. Gateway changes, A/B\n"]
+def _gateway_ab_section(r: dict[str, Any], number: str) -> list[str]:
+    out = [f"### {number}. {r.get('title', 'Gateway changes, A/B')}\n"]
     out.append(
         "`python -m bench.gateway_ab`: gateways built from different source trees, each with its own Redis, take "
         "turns (a POST phase on an empty Redis, then a GET phase on its jobs, `bench/loadgen.py` as above), round "
         "after round, so a change in the machine's load hits each alike. The ratios compare each contender with "
         "the first in the same round (median over rounds); *gateway CPU ms/request* is the CPU time the "
-        "gateway's processes spent per answered request (/proc). Absolute req/s and latencies here say what "
-        f"the machine allowed at the time, not what the gateway can do. Conditions: {r.get('conditions') or '-'}\n"
+        "gateway's processes spent per answered request (/proc). On a busy machine, absolute req/s and latencies "
+        "say what the machine allowed at the time, not what the gateway can do. "
+        f"Conditions: {r.get('conditions') or '-'}\n"
     )
     out.append(key_values({k: r[k] for k in ("date (UTC)", "commit", "load average at start", "load average at end",
                                               "seconds per phase", "connections")}))  # fmt: skip
@@ -248,8 +249,9 @@ def render(results: dict[str, Any], out_dir: Path) -> str:
         parts += _batching_section(results["batching"])
     if "gateway" in results:
         parts += _gateway_section(results["gateway"])
-    if "gateway_ab" in results:
-        parts += _gateway_ab_section(results["gateway_ab"])
+    ab_runs = [k for k in results if k.startswith("gateway_ab")]  # python -m bench.gateway_ab --key
+    for letter, key in zip("bcdefgh", ab_runs):
+        parts += _gateway_ab_section(results[key], f"3{letter}")
     if "cost" in results:
         parts += _cost_section(results["cost"], out_dir)
     return "\n".join(parts)
