@@ -25,10 +25,11 @@ from bench.batching import BatchingBenchConfig, run_batching_bench
 from bench.cost import CostBenchConfig, plot, run_cost_bench
 from bench.gateway_load import GatewayBenchConfig, run_gateway_bench
 from bench.sampler import SamplerBenchConfig, run_sampler_bench
+from bench.time_to_quality import TimeToQualityConfig, run_time_to_quality
 from shared.diffusion.unet import UNetConfig
 
 logger = logging.getLogger("bench")
-ITEMS = ("sampler", "batching", "gateway", "cost")
+ITEMS = ("sampler", "quality", "batching", "gateway", "cost")
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_DIFFUSION = ROOT / "models" / "diffusion"
 TINY_UNET = UNetConfig(
@@ -61,6 +62,7 @@ def configs(mode: str, device: str, compile: bool = True, gateway: tuple[str, in
                 equivalence_seeds=2,
                 device=device,
             ),
+            "quality": TimeToQualityConfig(SHIPPED_DIFFUSION, batches=(1, 2), ddpm_timed_steps={1: 3, 2: 3}, rounds=1),
             "batching": BatchingBenchConfig(jobs=2, steps=2, batch_max_images=(1, 2), timeout=120),
             "gateway": GatewayBenchConfig(concurrency=2, seconds=0.5),
             "cost": CostBenchConfig(unet=TINY_UNET, num_timesteps=100, steps=(2, 4), batches=(1, 2)),
@@ -81,6 +83,9 @@ def configs(mode: str, device: str, compile: bool = True, gateway: tuple[str, in
             device=device,
             compile_mode="reduce-overhead" if cuda else None,
         ),
+        "quality": TimeToQualityConfig(SHIPPED_DIFFUSION, ddpm_timed_steps={1: 20, 16: 4}, rounds=1)
+        if quick
+        else TimeToQualityConfig(SHIPPED_DIFFUSION),
         "batching": BatchingBenchConfig(steps=10 if quick else 50, weights=None if quick else SHIPPED_DIFFUSION),
         "gateway": GatewayBenchConfig(seconds=3.0 if quick else 10.0, server=server, workers=workers),
         "cost": CostBenchConfig(steps=(10, 25, 50), batches=(1, 4, 16), max_image_steps=16 * 25)
@@ -118,6 +123,8 @@ def run(
         logger.info("running %s (%s)", item, mode)
         if item == "sampler":
             results[item] = run_sampler_bench(cfg[item], results["have_diffusers"])
+        elif item == "quality":
+            results[item] = run_time_to_quality(cfg[item])
         elif item == "batching":
             results[item] = run_batching_bench(cfg[item])
         elif item == "gateway":

@@ -138,9 +138,23 @@ def _sampler_section(r: dict[str, Any], have_diffusers: bool, machine: dict[str,
     out.append(table(r["equivalence"]))
     out.append(
         "\nWhere every uint8 value is identical, the classifier-space FID of `training/evaluate.py` is "
-        "identical too (it sees the same images); a path that is not bit-identical (compile) needs "
-        "`python -m training.evaluate` on both paths before it becomes a default.\n"
+        "identical too (it sees the same images); a path that is not bit-identical (compile, bf16) needs "
+        "`python -m training.evaluate` on both paths before it becomes a default (bf16: models/README.md).\n"
     )
+    return out
+
+
+def _time_to_quality_section(r: dict[str, Any]) -> list[str]:
+    out = ["### Seconds to an image of the card's quality\n"]
+    out.append(
+        "The shipped model (`models/diffusion`), class-conditional with the card's guidance scale: DDPM's 1000 "
+        "ancestral steps on eager torch fp32 against the card's recommended sampler on torch fp32 and on the "
+        "path the worker picks by itself here (`GENSERVICE_RUNTIME=auto`, `GENSERVICE_PRECISION=auto`: "
+        f"{r['runtime']['engine']} {r['runtime']['precision']}, because {r['runtime']['why']}). DDPM rows are "
+        "timed over their first steps and extrapolated to 1000; fastest of the rounds. FID and class agreement "
+        "of each path at N = 1000 are in models/README.md.\n"
+    )
+    out.append(table(r["rows"]))
     return out
 
 
@@ -245,12 +259,14 @@ def render(results: dict[str, Any], out_dir: Path) -> str:
         parts.append("\n" + table([{"item": k, "seconds": v} for k, v in seconds.items()]))
     if "sampler" in results:
         parts += _sampler_section(results["sampler"], results["have_diffusers"], results["machine"])
+    if "quality" in results:
+        parts += _time_to_quality_section(results["quality"])
     if "batching" in results:
         parts += _batching_section(results["batching"])
     if "gateway" in results:
         parts += _gateway_section(results["gateway"])
     ab_runs = [k for k in results if k.startswith("gateway_ab")]  # python -m bench.gateway_ab --key
-    for letter, key in zip("bcdefgh", ab_runs):
+    for letter, key in zip("bcdefgh", ab_runs, strict=False):  # at most seven A/B runs are shown
         parts += _gateway_ab_section(results[key], f"3{letter}")
     if "cost" in results:
         parts += _cost_section(results["cost"], out_dir)

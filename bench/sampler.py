@@ -27,8 +27,10 @@ from typing import Any
 
 import torch
 
+from shared.device import Precision
 from shared.diffusion.pipeline import DiffusionPipeline, SampleParams
 from shared.diffusion.process import DiffusionConfig, GaussianDiffusion
+from shared.diffusion.runtime import Runtime, native_bf16_cpu, openvino_version
 from shared.diffusion.unet import UNet, UNetConfig
 from shared.images import to_uint8
 from shared.weights import count_parameters
@@ -184,7 +186,20 @@ def contenders(cfg: SamplerBenchConfig, have_diffusers: bool) -> list[Contender]
     if cfg.compile:
         name = "ours + torch.compile" + (f" ({cfg.compile_mode})" if cfg.compile_mode else "")
         out.append(ours(copy.deepcopy(unet), cfg.num_timesteps, name, compile=True, compile_mode=cfg.compile_mode))
+    for name, kw in fast_paths(cfg).items():
+        out.append(ours(copy.deepcopy(unet), cfg.num_timesteps, f"ours, {name}", **kw))
     return out
+
+
+def fast_paths(cfg: SamplerBenchConfig) -> dict[str, dict[str, Any]]:
+    """The other engines and precisions a worker can pick (shared/diffusion/runtime.py), where they exist."""
+    paths: dict[str, dict[str, Any]] = {}
+    if cfg.device != "cpu" or native_bf16_cpu():  # emulated bf16 on a CPU is slower than fp32: not a contender
+        paths["torch bf16 autocast (channels_last)"] = {"precision": Precision.BF16}
+    if cfg.device == "cpu" and openvino_version() is not None:
+        paths["OpenVINO fp32"] = {"runtime": Runtime.OPENVINO}
+        paths["OpenVINO bf16"] = {"runtime": Runtime.OPENVINO, "precision": Precision.BF16}
+    return paths
 
 
 def run_sampler_bench(cfg: SamplerBenchConfig, have_diffusers: bool) -> dict[str, Any]:
@@ -252,6 +267,8 @@ def equivalence(cfg: SamplerBenchConfig) -> list[dict[str, Any]]:
         fast["torch.compile + channels_last"] = DiffusionPipeline(
             copy.deepcopy(unet), diffusion, compile=True, compile_mode=cfg.compile_mode
         )
+    for name, kw in fast_paths(cfg).items():
+        fast[name] = DiffusionPipeline(copy.deepcopy(unet), diffusion, **kw)
     checks = [SampleParams(seeds=tuple(range(cfg.equivalence_seeds)), sampler="ddim", steps=cfg.ddim_steps)]
     if cfg.equivalence_ddpm:
         checks.append(SampleParams(seeds=(0,), sampler="ddpm", steps=cfg.num_timesteps))

@@ -1,7 +1,8 @@
 """`python -m diffusion_worker`: load the UNet once, then run diffusion jobs from the "diffusion" queue.
 
 Settings come from the environment (shared/service/settings.py): REDIS_URL, GENSERVICE_DIFFUSION_WEIGHTS,
-GENSERVICE_DEVICE, ... `--burst` exits when the queue is empty.
+GENSERVICE_DEVICE, GENSERVICE_RUNTIME, GENSERVICE_PRECISION, ... `--burst` exits when the queue is empty. The
+engine and precision it picked are in its start-up log and in GET /models/info (`runtime`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ from shared.service.worker import worker_main
 
 
 def load(settings: WorkerSettings) -> DiffusionPipeline:
-    return DiffusionPipeline.from_pretrained(settings.diffusion_weights, device=settings.device)
+    return DiffusionPipeline.from_pretrained(
+        settings.diffusion_weights, device=settings.device, runtime=settings.runtime, precision=settings.precision
+    )
 
 
 if __name__ == "__main__":

@@ -65,7 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--guidance-interval", type=float, nargs=2, metavar=("SIGMA_LO", "SIGMA_HI"), default=None,
         help="guide only at steps with sigma_t = sqrt((1 - alpha_bar_t) / alpha_bar_t) in (SIGMA_LO, SIGMA_HI]",
     )  # fmt: skip
-    p.add_argument("--precision", choices=[k.value for k in Precision], default=Precision.FP32.value)
+    p.add_argument("--precision", choices=[*(k.value for k in Precision), "auto"], default=Precision.FP32.value)
+    p.add_argument(
+        "--runtime", choices=["torch", "openvino", "auto"], default="torch",
+        help="the UNet's engine (auto: OpenVINO on a CPU where installed; see shared/diffusion/runtime.py)",
+    )  # fmt: skip
     return p
 
 
@@ -113,7 +117,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     configure_logging()
     try:
-        pipeline = DiffusionPipeline.from_pretrained(args.weights, device=args.device, precision=args.precision)
+        pipeline = DiffusionPipeline.from_pretrained(
+            args.weights, device=args.device, precision=args.precision, runtime=args.runtime
+        )
         params = params_from_args(args, pipeline)
     except (WeightsError, ValueError) as exc:
         parser.exit(2, f"error: {exc}\n")

@@ -81,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=100, help="images sampled per batch")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--runtime", choices=["torch", "openvino", "auto"], default="torch",
+                   help="the diffusion network's engine (shared/diffusion/runtime.py)")  # fmt: skip
+    p.add_argument("--precision", choices=["fp32", "bf16", "auto"], default="fp32", help="the diffusion network's")
     p.add_argument("--out", default=None, help="output directory (default runs/eval/<model>)")
     p.add_argument("--sample-only", action="store_true", help="fill the sample cache, score nothing")
     return p
@@ -98,6 +101,8 @@ def row_specs(args: argparse.Namespace) -> list[SourceSpec]:
         guidance_scale=args.guidance_scale,
         guidance_interval=tuple(args.guidance_interval) if args.guidance_interval else None,
         untrained_of=untrained_of,
+        runtime=args.runtime,
+        precision=args.precision,
         data=args.data,
         data_cache=args.data_cache,
         batch_size=args.batch_size,

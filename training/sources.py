@@ -58,6 +58,8 @@ class SourceSpec:
     data_cache: str = ""
     batch_size: int = 100
     device: str = "cpu"
+    runtime: str = "torch"  # the diffusion network's engine and precision (shared/diffusion/runtime.py)
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         if self.model not in MODELS:
@@ -105,7 +107,8 @@ def _diffusion(spec: SourceSpec, pipeline: DiffusionPipeline) -> tuple[torch.Ten
     def make(seeds: tuple[int, ...], chunk: slice) -> torch.Tensor:
         return pipeline.sample(SampleParams(seeds=seeds, labels=tuple(labels[chunk]), **params))  # type: ignore[arg-type]
 
-    return _in_batches(spec.n, spec.batch_size, spec.seed, spec.model, make), labels, params
+    images = _in_batches(spec.n, spec.batch_size, spec.seed, spec.model, make)
+    return images, labels, {**params, "runtime": pipeline.runtime.describe()}
 
 
 def _ebm(spec: SourceSpec, pipeline: EBMPipeline) -> tuple[torch.Tensor, list, dict]:
@@ -162,7 +165,10 @@ def make_samples(spec: SourceSpec, repo_root: Path, num_classes: int = 10) -> tu
     model = spec.untrained_of if spec.model == "untrained" else spec.model
     directory = spec.weights or default_weights(model, repo_root)
     if spec.model == "diffusion":
-        result = _diffusion(spec, DiffusionPipeline.from_pretrained(directory, device=spec.device))
+        pipeline = DiffusionPipeline.from_pretrained(
+            directory, device=spec.device, runtime=spec.runtime, precision=spec.precision
+        )
+        result = _diffusion(spec, pipeline)
     elif spec.model == "ebm":
         result = _ebm(spec, EBMPipeline.from_pretrained(directory, device=spec.device))
     elif spec.model == "untrained":
@@ -177,8 +183,9 @@ def make_samples(spec: SourceSpec, repo_root: Path, num_classes: int = 10) -> tu
 
 def cache_key(spec: SourceSpec, repo_root: Path) -> str:
     fields = {k: v for k, v in dataclasses.asdict(spec).items() if k not in ("batch_size", "device", "data_cache")}
-    if fields.get("guidance_interval") is None:  # keys made before the field existed stay valid
-        fields.pop("guidance_interval", None)
+    for name, default in (("guidance_interval", None), ("runtime", "torch"), ("precision", "fp32")):
+        if fields.get(name) == default:  # keys made before the field existed stay valid
+            fields.pop(name, None)
     if spec.model in ("diffusion", "ebm", "untrained"):
         model = spec.untrained_of if spec.model == "untrained" else spec.model
         directory = spec.weights or default_weights(model, repo_root)

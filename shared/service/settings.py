@@ -7,7 +7,7 @@ is read without a prefix, as RQ's tools and Docker images expect.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -76,6 +76,16 @@ class WorkerSettings(QueueSettings):
     diffusion_weights: Path = MODELS_DIR / "diffusion"
     ebm_weights: Path = MODELS_DIR / "ebm"
     device: str = Field("auto", description="auto (cuda, mps, cpu), or a torch device name")
+    runtime: Literal["auto", "torch", "openvino"] = Field(
+        "auto",
+        description="the diffusion UNet's engine (shared/diffusion/runtime.py): auto = OpenVINO on a CPU where it "
+        "is installed, torch elsewhere (the EBM's Langevin chain needs input gradients: always torch)",
+    )
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto",
+        description="the diffusion UNet's precision: auto = bf16 on CUDA and on CPUs with native bf16 "
+        "(AVX512-BF16, AMX), fp32 elsewhere",
+    )
     batch_max_images: int = Field(
         16,
         ge=1,

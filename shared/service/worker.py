@@ -410,6 +410,8 @@ def worker_main(
         **card,
         "training": pipeline.card.get("training", {}),
         "device": str(pipeline.device),
+        # the diffusion UNet's engine and precision, and why (shared/diffusion/runtime.py)
+        **({"runtime": pipeline.runtime.describe()} if hasattr(pipeline, "runtime") else {}),
         "pid": os.getpid(),
         "host": socket.gethostname(),
         "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -24,7 +24,7 @@ HAVE_DIFFUSERS = importlib.util.find_spec("diffusers") is not None
 @pytest.mark.slow
 def test_tiny_suite_writes_every_table(tmp_path: Path) -> None:
     out, results = tmp_path / "BENCHMARKS.md", tmp_path / "results"
-    assert main(["--tiny", "--only", "sampler,gateway,cost", "--out", str(out), "--results", str(results)]) == 0
+    assert main(["--tiny", "--only", "sampler,quality,gateway,cost", "--out", str(out), "--results", str(results)]) == 0
     text = out.read_text()
     for heading in ("## Machine", "## 1. Sampler", "### Same images", "## 3. Gateway under load", "## 4. Cost"):
         assert heading in text
@@ -35,7 +35,13 @@ def test_tiny_suite_writes_every_table(tmp_path: Path) -> None:
     assert any(p.startswith("ours") for p in pipelines)
     assert any(p.startswith("diffusers") for p in pipelines) == HAVE_DIFFUSERS
     assert {row["sampler"] for row in raw["sampler"]["rows"]} == {"DDPM 100 steps", "DDIM 5 steps"}
-    assert all(row["identical uint8 values"] == 1.0 for row in raw["sampler"]["equivalence"])
+    equivalence = {row["path"]: row for row in raw["sampler"]["equivalence"]}
+    assert all(row["max uint8 diff"] <= 1 for path, row in equivalence.items() if "bf16" not in path)
+    assert equivalence["service default (channels_last)"]["identical uint8 values"] == 1.0
+    assert "OpenVINO fp32" in equivalence and "OpenVINO bf16" in equivalence
+    quality = raw["quality"]["rows"]
+    assert [(r["batch"], r["x DDPM 1000 fp32"]) for r in quality][:1] == [(1, 1.0)]
+    assert all(r["x DDPM 1000 fp32"] > 5 for r in quality if "dpmpp_2m" in r["path"])  # 20 steps against 1000
     gateway = {row["operation"]: row for row in raw["gateway"]["rows"]}
     assert gateway["POST /generate/diffusion"]["statuses"].startswith("202:")
     assert gateway["GET /jobs/{id}"]["statuses"].startswith("200:")

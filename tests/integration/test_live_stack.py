@@ -34,6 +34,11 @@ def test_diffusion_job_end_to_end_and_reproducible(stack: Stack) -> None:
         runs.append(pngs)
     assert runs[0] == runs[1]  # same seed, same bytes
     assert runs[0][0] != runs[0][1]  # image 1 uses seed + 1
+    # the worker says which engine and precision it picked for this machine, and why
+    (worker,) = stack.client.get("/models/info").json()["models"]["diffusion"][:1]
+    chosen = worker["runtime"]
+    assert chosen["runtime"] in ("torch", "openvino") and chosen["precision"] in ("fp32", "bf16")
+    assert chosen["engine"].startswith(chosen["runtime"]) and chosen["why"]
 
 
 def test_ebm_job_end_to_end_and_reproducible(stack: Stack) -> None:

@@ -132,8 +132,8 @@ def test_the_sample_cache_is_keyed_by_the_model_card_as_well_as_the_weights(tmp_
 
 
 def test_the_sample_cache_key_keeps_old_keys_and_tells_guidance_intervals_apart() -> None:
-    """A spec without a guidance interval hashes as before the field existed (caches stay valid);
-    with one, another key per interval."""
+    """A spec without a guidance interval, on torch fp32, hashes as before those fields existed (caches
+    stay valid); with an interval, or another engine or precision, another key each."""
     import dataclasses
     import hashlib
 
@@ -141,12 +141,15 @@ def test_the_sample_cache_key_keeps_old_keys_and_tells_guidance_intervals_apart(
 
     spec = SourceSpec(model="noise", n=4)
     fields = {k: v for k, v in dataclasses.asdict(spec).items() if k not in ("batch_size", "device", "data_cache")}
-    del fields["guidance_interval"]
+    for newer in ("guidance_interval", "runtime", "precision"):
+        del fields[newer]
     old = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
     assert cache_key(spec, Path(".")) == old
     narrow = cache_key(dataclasses.replace(spec, guidance_interval=(0.3, 5.0)), Path("."))
     wide = cache_key(dataclasses.replace(spec, guidance_interval=(0.0, 80.0)), Path("."))
-    assert len({old, narrow, wide}) == 3
+    openvino = cache_key(dataclasses.replace(spec, runtime="openvino"), Path("."))
+    bf16 = cache_key(dataclasses.replace(spec, runtime="openvino", precision="bf16"), Path("."))
+    assert len({old, narrow, wide, openvino, bf16}) == 5
 
 
 def test_evaluate_passes_dpmpp_2m_and_the_interval_to_the_sampler() -> None:
