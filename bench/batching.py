@@ -4,7 +4,9 @@
 `GENSERVICE_BATCH_MAX_IMAGES=<n>` in its environment, submits `jobs` one-image jobs at once through
 the gateway, waits for all of them and reports the wall time from the first submit to the last
 finish, and each job's latency (enqueue to end, from the job's own timestamps). The suite runs it
-with n = 1 (one job at a time) and n = 16 (batched).
+with n = 1 (one job at a time) and n = 16 (batched), one worker using every core; then, with
+`split_workers`, the largest n again on one worker process per core with one thread each (threads
+against processes on the same cores).
 """
 
 from __future__ import annotations
@@ -36,20 +38,30 @@ class BatchingBenchConfig:
     batch_max_images: tuple[int, ...] = (1, 16)
     weights: Path | None = None  # None: the integration tests' tiny model (plumbing only)
     timeout: float = 600.0
+    split_workers: bool = True  # add a row: one single-threaded worker per core
+
+
+def _cores() -> int:
+    return os.cpu_count() or 1
 
 
 def _when(stamp: str | None) -> dt.datetime | None:
     return dt.datetime.fromisoformat(stamp) if stamp else None
 
 
-def measure_batching(cfg: BatchingBenchConfig, batch_max_images: int) -> dict[str, Any]:
+def measure_batching(cfg: BatchingBenchConfig, batch_max_images: int, workers: int = 1) -> dict[str, Any]:
+    """`workers` diffusion workers sharing the cores: each gets cores // workers threads."""
+    threads = max(1, _cores() // workers)
     with tempfile.TemporaryDirectory(prefix="bench-batching-") as tmp:
         stack = Stack(Path(tmp))
         stack.env[BATCH_ENV] = str(batch_max_images)
-        stack.env["OMP_NUM_THREADS"] = str(os.cpu_count() or 1)  # the stack's tests pin 1 thread; a worker would not
+        stack.env["OMP_NUM_THREADS"] = str(threads)  # the stack's tests pin 1 thread; a worker would not
         if cfg.weights is not None:
             stack.env["GENSERVICE_DIFFUSION_WEIGHTS"] = str(cfg.weights)
         stack.start()
+        for k in range(1, workers):
+            stack.start_worker("diffusion", name=f"diffusion-worker-{k + 1}")
+        wait_until(lambda: stack.workers("diffusion") == workers, 90, f"{workers} diffusion workers")
         try:
             start = time.perf_counter()
             ids = [stack.submit("diffusion", num_images=1, steps=cfg.steps, seed=k)["job_id"] for k in range(cfg.jobs)]
@@ -68,10 +80,12 @@ def measure_batching(cfg: BatchingBenchConfig, batch_max_images: int) -> dict[st
             latencies.append((ended - enqueued).total_seconds())
     return {
         BATCH_ENV: batch_max_images,
+        "workers x threads": f"{workers} x {threads}",
         "jobs": cfg.jobs,
         "steps per job": cfg.steps,
         "finished": sum(s["status"] == "finished" for s in statuses),
         "largest run (jobs)": max(runs),
+        "workers that ran jobs": len({s.get("worker") for s in statuses if s.get("worker")}),
         "wall s": wall,
         "images/s": cfg.jobs / wall,
         "median job latency s": statistics.median(latencies) if latencies else None,
@@ -81,4 +95,6 @@ def measure_batching(cfg: BatchingBenchConfig, batch_max_images: int) -> dict[st
 
 def run_batching_bench(cfg: BatchingBenchConfig) -> dict[str, Any]:
     rows = [measure_batching(cfg, n) for n in cfg.batch_max_images]
+    if cfg.split_workers and _cores() > 1:
+        rows.append(measure_batching(cfg, max(cfg.batch_max_images), workers=_cores()))
     return {"rows": rows}

@@ -163,7 +163,9 @@ def _batching_section(r: dict[str, Any]) -> list[str]:
     out.append(
         "16 one-image DDIM jobs submitted at once through the gateway to one diffusion worker, with "
         "`GENSERVICE_BATCH_MAX_IMAGES=1` (one job at a time) and `=16` (queued jobs batched into one sampling "
-        "run): wall time from the first submit to the last finish, and per-job latency (enqueue to end).\n"
+        "run): wall time from the first submit to the last finish, and per-job latency (enqueue to end). "
+        "*workers x threads*: one worker using every core, or (last row) one single-threaded worker per core "
+        "with the same batching, so threads and processes compare on the same cores.\n"
     )
     out.append(
         "The first job starts alone on the idle worker; the 15 queued behind it are claimed together. Each "

@@ -196,6 +196,11 @@ def fast_paths(cfg: SamplerBenchConfig) -> dict[str, dict[str, Any]]:
     paths: dict[str, dict[str, Any]] = {}
     if cfg.device != "cpu" or native_bf16_cpu():  # emulated bf16 on a CPU is slower than fp32: not a contender
         paths["torch bf16 autocast (channels_last)"] = {"precision": Precision.BF16}
+    if cfg.device != "cpu" and cfg.compile:  # a GPU's fastest candidate: bf16 and CUDA graphs together
+        mode = f" ({cfg.compile_mode})" if cfg.compile_mode else ""
+        paths[f"torch.compile{mode} + bf16"] = {
+            "precision": Precision.BF16, "compile": True, "compile_mode": cfg.compile_mode,
+        }  # fmt: skip
     if cfg.device == "cpu" and openvino_version() is not None:
         paths["OpenVINO fp32"] = {"runtime": Runtime.OPENVINO}
         paths["OpenVINO bf16"] = {"runtime": Runtime.OPENVINO, "precision": Precision.BF16}

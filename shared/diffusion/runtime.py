@@ -143,6 +143,12 @@ class OpenVINONetwork:
     Called like the torch module: `(x, t, labels) -> output` on CPU tensors. The export traces the
     module as it is at construction (weights included), so later changes to the module's weights are
     not seen. `cache_dir` keeps OpenVINO's compiled blobs on disk between processes.
+
+    With more than one thread, a batch of at least `threads` rows is split into `threads` equal chunks
+    run side by side as OpenVINO streams of one thread each (the last chunk padded with copies of its
+    last row): on 2 cores, 2 streams of 8 rows took 150 ms where one 16-row request on 2 threads took
+    189 ms (a convolution network parallelises better across images than inside one). Smaller batches
+    run as one request on every thread (a single image: 1.5-2x faster than on one thread).
     """
 
     def __init__(
@@ -169,25 +175,41 @@ class OpenVINONetwork:
         if cache_dir is not None:
             self.core.set_property({"CACHE_DIR": str(cache_dir)})
         self.precision = Precision(precision)
+        self.threads = threads or torch.get_num_threads()
+        hint = "bf16" if self.precision is Precision.BF16 else "f32"
         self.config: dict[str, Any] = {
-            "INFERENCE_PRECISION_HINT": "bf16" if self.precision is Precision.BF16 else "f32",
-            "INFERENCE_NUM_THREADS": threads or torch.get_num_threads(),
-            "PERFORMANCE_HINT": "LATENCY",
-        }
+            "INFERENCE_PRECISION_HINT": hint, "INFERENCE_NUM_THREADS": self.threads, "PERFORMANCE_HINT": "LATENCY",
+        }  # fmt: skip
+        self.stream_config: dict[str, Any] = {
+            "INFERENCE_PRECISION_HINT": hint, "INFERENCE_NUM_THREADS": self.threads, "NUM_STREAMS": self.threads,
+            "PERFORMANCE_HINT": "THROUGHPUT",
+        }  # fmt: skip
         self._requests: dict[int, Any] = {}
+        self._queues: dict[int, Any] = {}
+
+    def _compile(self, batch: int, config: dict[str, Any]) -> Any:
+        model = self.model.clone()
+        shapes = [[batch, *self.shape], [batch]] + ([[batch]] if self.null_label is not None else [])
+        model.reshape(dict(zip(model.inputs, shapes, strict=True)))
+        compiled = self.core.compile_model(model, "CPU", config)
+        used = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
+        if self.precision is Precision.BF16 and "bf16" not in used and "bfloat16" not in used:
+            logger.warning("OpenVINO runs this CPU in %s although bf16 was asked for", used)
+        return compiled
 
     def request(self, batch: int) -> Any:
         """The infer request of a model compiled for this batch size (compiled on first use)."""
         if batch not in self._requests:
-            model = self.model.clone()
-            shapes = [[batch, *self.shape], [batch]] + ([[batch]] if self.null_label is not None else [])
-            model.reshape(dict(zip(model.inputs, shapes, strict=True)))
-            compiled = self.core.compile_model(model, "CPU", self.config)
-            used = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
-            if self.precision is Precision.BF16 and "bf16" not in used and "bfloat16" not in used:
-                logger.warning("OpenVINO runs this CPU in %s although bf16 was asked for", used)
-            self._requests[batch] = compiled.create_infer_request()
+            self._requests[batch] = self._compile(batch, self.config).create_infer_request()
         return self._requests[batch]
+
+    def queue(self, chunk: int) -> Any:
+        """`threads` single-thread streams of a model compiled for `chunk` rows (compiled on first use)."""
+        if chunk not in self._queues:
+            import openvino as ov
+
+            self._queues[chunk] = ov.AsyncInferQueue(self._compile(chunk, self.stream_config), self.threads)
+        return self._queues[chunk]
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         batch = x.shape[0]
@@ -195,5 +217,19 @@ class OpenVINONetwork:
         if self.null_label is not None:
             rows = torch.full_like(t, self.null_label) if labels is None else labels
             inputs.append(rows.detach().cpu().numpy().astype(np.int64))
-        out = self.request(batch).infer(inputs)[0]
-        return torch.from_numpy(np.array(out, dtype=np.float32, copy=True))  # the request reuses its buffer
+        if self.threads < 2 or batch < self.threads:
+            out = self.request(batch).infer(inputs)[0]
+            return torch.from_numpy(np.array(out, dtype=np.float32, copy=True))  # the request reuses its buffer
+        chunk = -(-batch // self.threads)
+        padded = [np.concatenate([a, np.repeat(a[-1:], chunk * self.threads - batch, axis=0)]) for a in inputs]
+        outputs: list[np.ndarray] = [np.empty(0, dtype=np.float32)] * self.threads
+        queue = self.queue(chunk)
+
+        def done(request: Any, index: int) -> None:
+            outputs[index] = np.array(request.get_output_tensor(0).data, dtype=np.float32, copy=True)
+
+        queue.set_callback(done)
+        for i in range(self.threads):
+            queue.start_async([a[i * chunk : (i + 1) * chunk] for a in padded], i)
+        queue.wait_all()
+        return torch.from_numpy(np.concatenate(outputs)[:batch])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +69,15 @@ def test_batching_measurement_runs_queued_jobs_together_only_when_allowed() -> N
     assert alone["largest run (jobs)"] == 1
     assert batched["largest run (jobs)"] > 1  # the jobs queued behind the first shared a run
     assert batched["median job latency s"] is not None and batched["wall s"] > 0
+    assert alone["workers x threads"] == f"1 x {os.cpu_count() or 1}" and alone["workers that ran jobs"] == 1
+
+
+@pytest.mark.slow
+def test_the_batching_measurement_can_split_the_cores_between_workers() -> None:
+    split = measure_batching(BatchingBenchConfig(jobs=6, steps=20), 16, workers=2)
+    assert split["finished"] == 6
+    assert split["workers x threads"] == f"2 x {max(1, (os.cpu_count() or 1) // 2)}"
+    assert 1 <= split["workers that ran jobs"] <= 2
 
 
 def test_unknown_item_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
