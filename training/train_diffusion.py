@@ -181,6 +181,11 @@ class TrainState:
     def images_seen_total(self) -> int:
         return self.images_seen + int(self.history.get("images_seen_before", 0))
 
+    @property
+    def core_minutes_total(self) -> float:
+        """Training compute of this run and of the weights it warm-started from (core_seconds: this run's)."""
+        return float(self.history.get("core_minutes_before", 0)) + self.core_seconds / 60
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -248,6 +253,7 @@ def init_state(cfg: TrainConfig, dataset: ImageDataset, device: torch.device) ->
         state.history = {
             "images_seen_before": previous.get("images_seen_total", 0),
             "wall_minutes_before": previous.get("wall_minutes_total", previous.get("wall_minutes_this_run", 0)),
+            "core_minutes_before": previous.get("core_minutes", 0),
             "warm_started_from": warm.card.get("sha256", ""),
         }
         logger.info("warm start from %s (%s images seen before)", cfg.resume, state.history["images_seen_before"])
@@ -301,7 +307,7 @@ def summary(state: TrainState, cfg: TrainConfig, steps_per_epoch: int, loss: flo
         "final_loss_ema": round(loss, 5),
         "wall_minutes_this_run": round(seconds / 60, 2),
         "wall_minutes_total": round(state.wall_minutes_total, 2),
-        "core_minutes": round(state.core_seconds / 60, 2),
+        "core_minutes": round(state.core_minutes_total, 2),
         "hardware": hardware(),
         "batch_size": cfg.batch_size,
         "lr": cfg.lr,
@@ -392,7 +398,7 @@ class Prober:
         row = {
             "run": self.cfg.run_name or Path(self.cfg.out).name,
             "images_seen_total": summary_now["images_seen_total"],
-            "core_minutes": round(state.core_seconds / 60, 2),
+            "core_minutes": round(state.core_minutes_total, 2),
             "wall_minutes_total": summary_now["wall_minutes_total"],
             "hardware": summary_now["hardware"],
             "step": state.step,

@@ -127,8 +127,11 @@ def test_exported_weights_warm_start_a_new_run(tmp_path: Path, tiny_data: Path) 
     first = config(tmp_path / "first", tiny_data, max_steps=3)
     train(first)
     shipped = DiffusionPipeline.from_pretrained(first.export, device="cpu")
-    card = json.loads((Path(first.export) / "config.json").read_text())
+    card_path = Path(first.export) / "config.json"
+    card = json.loads(card_path.read_text())
     assert card["training"]["images_seen_total"] == 3 * 8
+    card["training"]["core_minutes"] = 5.0  # as if these weights had cost five core-minutes so far
+    card_path.write_text(json.dumps(card))
 
     second = config(tmp_path / "second", tiny_data, max_steps=2, resume=first.export, base_channels=16)
     dataset = load_image_dataset(second.data, cache_dir=second.data_cache)
@@ -142,6 +145,8 @@ def test_exported_weights_warm_start_a_new_run(tmp_path: Path, tiny_data: Path) 
     result = train(second)
     assert result["images_seen_total"] == 3 * 8 + 2 * 8
     assert result["warm_started_from"] == shipped.card["sha256"]
+    # compute adds up across warm starts too (a new machine's standing run continues the card's totals)
+    assert 5.0 <= result["core_minutes"] < 6.0
 
 
 def test_time_budget_stops_cleanly_and_still_exports(tmp_path: Path, tiny_data: Path) -> None:
