@@ -111,8 +111,7 @@ class DiffusionPipeline:
         runtime: Runtime | str = Runtime.TORCH,
         runtime_reason: str = "the default",
     ) -> None:
-        self.precision = Precision(precision)
-        self.runtime = RuntimeChoice(Runtime(runtime), self.precision, runtime_reason)
+        self.runtime = RuntimeChoice(Runtime(runtime), Precision(precision), runtime_reason)
         openvino = self.runtime.runtime is Runtime.OPENVINO
         if openvino and compile:
             raise ValueError("torch.compile and the openvino runtime are alternatives: pick one")
@@ -132,6 +131,10 @@ class DiffusionPipeline:
             self.forward = torch.compile(self.unet, dynamic=False, options={"freezing": True})
         self.diffusion = diffusion.to(next(unet.parameters()).device)
         self.card = card or {}
+
+    @property
+    def precision(self) -> Precision:
+        return self.runtime.precision
 
     @property
     def device(self) -> torch.device:

@@ -207,12 +207,20 @@ class OpenVINONetwork:
             self._requests[batch] = self._compile(batch, self.config).create_infer_request()
         return self._requests[batch]
 
-    def queue(self, chunk: int) -> Any:
-        """`threads` single-thread streams of a model compiled for `chunk` rows (compiled on first use)."""
+    def queue(self, chunk: int) -> tuple[Any, list[np.ndarray]]:
+        """`threads` single-thread streams of a model compiled for `chunk` rows (compiled on first use), and
+        the list their callback fills with each stream's output (stream i at index i)."""
         if chunk not in self._queues:
             import openvino as ov
 
-            self._queues[chunk] = ov.AsyncInferQueue(self._compile(chunk, self.stream_config), self.threads)
+            queue = ov.AsyncInferQueue(self._compile(chunk, self.stream_config), self.threads)
+            outputs: list[np.ndarray] = [np.empty(0, dtype=np.float32)] * self.threads
+
+            def done(request: Any, index: int) -> None:
+                outputs[index] = np.array(request.get_output_tensor(0).data, dtype=np.float32, copy=True)
+
+            queue.set_callback(done)
+            self._queues[chunk] = (queue, outputs)
         return self._queues[chunk]
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
@@ -226,13 +234,7 @@ class OpenVINONetwork:
             return torch.from_numpy(np.array(out, dtype=np.float32, copy=True))  # the request reuses its buffer
         chunk = -(-batch // self.threads)
         padded = [np.concatenate([a, np.repeat(a[-1:], chunk * self.threads - batch, axis=0)]) for a in inputs]
-        outputs: list[np.ndarray] = [np.empty(0, dtype=np.float32)] * self.threads
-        queue = self.queue(chunk)
-
-        def done(request: Any, index: int) -> None:
-            outputs[index] = np.array(request.get_output_tensor(0).data, dtype=np.float32, copy=True)
-
-        queue.set_callback(done)
+        queue, outputs = self.queue(chunk)
         for i in range(self.threads):
             queue.start_async([a[i * chunk : (i + 1) * chunk] for a in padded], i)
         queue.wait_all()
