@@ -258,8 +258,10 @@ def test_a_mixed_batch_guides_only_its_labelled_samples(
     # Each row is the image its sample makes in a batch of its own kind (other batch shapes: equal up to rounding).
     guided = tiny_pipeline.sample(ddim(seeds=(0, 2), labels=(2, 0), guidance_scale=3.0))
     unguided = tiny_pipeline.sample(ddim(seeds=(1,), guidance_scale=1.0))
-    torch.testing.assert_close(mixed[[0, 2]], guided, atol=1e-5, rtol=0)
-    torch.testing.assert_close(mixed[1:2], unguided, atol=1e-5, rtol=0)
+    # 1e-4: other batch shapes sum in another order (measured up to 1.1e-5 with 2 threads on an AVX512 CPU);
+    # another seed, label or guidance moves these images by far more than that
+    torch.testing.assert_close(mixed[[0, 2]], guided, atol=1e-4, rtol=0)
+    torch.testing.assert_close(mixed[1:2], unguided, atol=1e-4, rtol=0)
 
 
 def test_guidance_interval_skips_the_unconditional_pass_outside_it(
