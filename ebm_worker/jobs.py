@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from functools import partial
 from typing import Any
 
@@ -17,20 +16,14 @@ from shared.service.worker import run_job
 def params_from_request(pipeline: EBMPipeline, request: dict[str, Any]) -> EBMSampleParams:
     """EBMSampleParams from the gateway's validated request; unset fields take the model card's values."""
     n = int(request["num_images"])
-    overrides = {name: request[name] for name in ("steps", "step_size", "noise_scale") if request.get(name) is not None}
     class_label = request.get("class_label")
-    params = EBMSampleParams(
-        seeds=seeds_from(int(request["seed"]), n),
-        langevin=dataclasses.replace(pipeline.default_langevin, **overrides),
-        labels=labels_for(
-            None if class_label is None else str(class_label),
-            n,
-            pipeline.config.num_classes,
-            pipeline.config.class_names,
-        ),
+    cfg = pipeline.config
+    return pipeline.sample_params(
+        seeds_from(int(request["seed"]), n),
+        labels_for(None if class_label is None else str(class_label), n, cfg.num_classes, cfg.class_names),
+        guidance_scale=request.get("guidance_scale"),
+        **{name: request.get(name) for name in ("steps", "step_size", "noise_scale")},
     )
-    pipeline.check(params)
-    return params
 
 
 def job_model(pipeline: EBMPipeline) -> JobModel:

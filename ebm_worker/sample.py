@@ -10,7 +10,6 @@ values stored in the model's card by its trainer.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -42,22 +41,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--step-size", type=float, default=None, help="x -= step_size / 2 * clip(grad_x E)")
     p.add_argument("--noise-scale", type=float, default=None, help="standard deviation of the noise per step")
     p.add_argument("--grad-clip", type=float, default=None, help="element-wise clip of grad_x E")
+    p.add_argument(
+        "--guidance-scale", type=float, default=None,
+        help="guidance on the energy, E(x) + w (E(x, y) - E(x)), for labelled images; 1: none (default: the card's)",
+    )  # fmt: skip
     return p
 
 
 def params_from_args(args: argparse.Namespace, pipeline: EBMPipeline) -> EBMSampleParams:
-    overrides = {
-        name: getattr(args, name)
-        for name in ("steps", "step_size", "noise_scale", "grad_clip")
-        if getattr(args, name) is not None
-    }
-    params = EBMSampleParams(
-        seeds=seeds_from(args.seed, args.n),
-        langevin=dataclasses.replace(pipeline.default_langevin, **overrides),
-        labels=labels_for(args.class_label, args.n, pipeline.config.num_classes, pipeline.config.class_names),
+    cfg = pipeline.config
+    return pipeline.sample_params(
+        seeds_from(args.seed, args.n),
+        labels_for(args.class_label, args.n, cfg.num_classes, cfg.class_names),
+        guidance_scale=args.guidance_scale,
+        **{name: getattr(args, name) for name in ("steps", "step_size", "noise_scale", "grad_clip")},
     )
-    pipeline.check(params)
-    return params
 
 
 def main(argv: Sequence[str] | None = None) -> int:

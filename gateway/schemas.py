@@ -155,6 +155,10 @@ class EBMRequest(_Request):
         None, ge=0.0, le=1.0, description="persistent-CD model: std of the noise added each step; "
         "recovery-likelihood model: the factor on its noise s_t z; default: the card's",
     )  # fmt: skip
+    guidance_scale: float | None = Field(
+        None, ge=0.0, le=20.0, description="guidance on the energy for images with a class label: the chain "
+        "follows E(x) + w (E(x, y) - E(x)) = E(x) - w log p(y | x); 1 = none; default: the card's",
+    )  # fmt: skip
 
     model_config = ConfigDict(
         extra="forbid", json_schema_extra={"examples": [{"num_images": 4, "steps": 200, "class_label": "ship"}]}

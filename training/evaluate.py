@@ -54,7 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--steps", type=int, default=None, help="DDIM / DPM-Solver++ steps (default 100) or Langevin steps (card)"
     )
-    p.add_argument("--guidance-scale", type=float, default=1.0, help="classifier-free guidance (diffusion)")
+    p.add_argument(
+        "--guidance-scale", type=float, default=None,
+        help="classifier-free guidance (diffusion, default 1: none); energy guidance E(x) + w (E(x, y) - E(x)) "
+        "(EBM, default: the card's)",
+    )  # fmt: skip
     p.add_argument(
         "--guidance-interval", type=float, nargs=2, metavar=("SIGMA_LO", "SIGMA_HI"), default=None,
         help="guide only at steps with sigma_t in (SIGMA_LO, SIGMA_HI] (diffusion; default: every step)",
@@ -98,7 +102,7 @@ def row_specs(args: argparse.Namespace) -> list[SourceSpec]:
         class_label=None if args.class_label == "none" else args.class_label,
         sampler=args.sampler,
         steps=args.steps,
-        guidance_scale=args.guidance_scale,
+        guidance_scale=1.0 if args.guidance_scale is None and untrained_of == "diffusion" else args.guidance_scale,
         guidance_interval=tuple(args.guidance_interval) if args.guidance_interval else None,
         untrained_of=untrained_of,
         runtime=args.runtime,

@@ -51,7 +51,7 @@ class SourceSpec:
     weights: str | None = None  # model directory; default models/<model>
     sampler: str = "ddim"
     steps: int | None = None  # DDIM / DPM-Solver++ steps (diffusion) or Langevin steps (EBM); None: the default
-    guidance_scale: float = 1.0
+    guidance_scale: float | None = 1.0  # None: the model card's (EBM)
     guidance_interval: tuple[float, float] | None = None  # (sigma_lo, sigma_hi]: guide only there (diffusion)
     untrained_of: str = "diffusion"  # the architecture the 'untrained' row samples with random weights
     data: str = ""
@@ -113,15 +113,19 @@ def _diffusion(spec: SourceSpec, pipeline: DiffusionPipeline) -> tuple[torch.Ten
 
 def _ebm(spec: SourceSpec, pipeline: EBMPipeline) -> tuple[torch.Tensor, list, dict]:
     labels = requested_labels(spec.class_label, spec.n, pipeline.config.num_classes, pipeline.resolve_label)
-    langevin = pipeline.default_langevin
-    if spec.steps:
-        langevin = dataclasses.replace(langevin, steps=spec.steps)
 
-    def make(seeds: tuple[int, ...], chunk: slice) -> torch.Tensor:
-        return pipeline.sample(EBMSampleParams(seeds=seeds, langevin=langevin, labels=tuple(labels[chunk])))
+    def params(seeds: tuple[int, ...], chunk: slice) -> EBMSampleParams:  # the card's chain and guidance
+        return pipeline.sample_params(seeds, labels[chunk], guidance_scale=spec.guidance_scale, steps=spec.steps)
 
-    params = {"langevin": {**dataclasses.asdict(langevin), "clamp": list(langevin.clamp or ())}}
-    return _in_batches(spec.n, spec.batch_size, spec.seed, spec.model, make), labels, params
+    first = params((0,), slice(0, 1))
+    info = {
+        "langevin": {**dataclasses.asdict(first.langevin), "clamp": list(first.langevin.clamp or ())},
+        "guidance_scale": first.guidance_scale,
+    }
+    images = _in_batches(
+        spec.n, spec.batch_size, spec.seed, spec.model, lambda seeds, chunk: pipeline.sample(params(seeds, chunk))
+    )
+    return images, labels, info
 
 
 def _untrained(spec: SourceSpec, directory: str) -> tuple[torch.Tensor, list, dict]:

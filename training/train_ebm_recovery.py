@@ -39,7 +39,7 @@ from shared.device import pick_device
 from shared.ebm.energy import EnergyConfig, EnergyNet
 from shared.ebm.langevin import LangevinParams
 from shared.ebm.objective import RecoveryTerms, recovery_likelihood_loss
-from shared.ebm.pipeline import EBMPipeline, EBMSampleParams
+from shared.ebm.pipeline import EBMPipeline
 from shared.ebm.recovery import RecoverySchedule
 from shared.ebm.recovery_sampling import recovery_chain
 from shared.images import grid_image, to_uint8
@@ -92,6 +92,7 @@ class TrainConfig(RunConfig):
     b_sq: float = 2e-4
     train_noise: float = 1.0
     serve_noise: float = 0.99
+    serve_guidance: float = 3.0  # guidance on the energy in the served chain (models/README.md, the EBM's sweep)
     # network (ignored when resuming)
     base_channels: int = 32
     channel_mult: tuple[int, ...] = (1, 2, 2)
@@ -115,6 +116,7 @@ HELP = {
     "b_sq": "b^2 of the Langevin step sizes s_t^2 = b^2 c_t^2 sigma_{t+1}^2",
     "train_noise": "factor on the Langevin noise s_t z in training",
     "serve_noise": "factor on the Langevin noise in the served chain (written into the model card)",
+    "serve_guidance": "guidance on the energy, E(x) + w (E(x, y) - E(x)), in the served chain (written into the card)",
     "divergence_threshold": "mean |energy| above which a step counts as diverged",
     "checkpoint_minutes": "wall minutes between checkpoints (also on SIGTERM / SIGINT)",
     "threads": "torch CPU threads (default: torch's)",
@@ -256,11 +258,11 @@ def recover(state: TrainState, cfg: TrainConfig, reason: str) -> None:
 def sample_grid(state: TrainState, cfg: TrainConfig, path: Path) -> Path:
     """The served chain from fixed seeds; a column per class."""
     net = state.serving_net
-    pipeline = EBMPipeline(net, {"sampling": dataclasses.asdict(chain_params(cfg, serving=True))})
+    sampling = {**dataclasses.asdict(chain_params(cfg, serving=True)), "guidance_scale": cfg.serve_guidance}
+    pipeline = EBMPipeline(net, {"sampling": sampling})
     num_classes = net.config.num_classes or 1
-    labels = tuple(k % num_classes for k in range(cfg.sample_images))
-    params = EBMSampleParams(seeds=tuple(range(cfg.sample_images)), langevin=pipeline.default_langevin, labels=labels)
-    images = to_uint8(pipeline.sample(params))
+    labels = [k % num_classes for k in range(cfg.sample_images)]
+    images = to_uint8(pipeline.sample(pipeline.sample_params(range(cfg.sample_images), labels)))
     state.net.train()
     path.parent.mkdir(parents=True, exist_ok=True)
     grid_image(images, nrow=num_classes).save(path)
@@ -355,7 +357,12 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     grid = sample_grid(state, cfg, out / "samples" / f"step_{state.step:07d}.png")
     pipeline = EBMPipeline(state.serving_net)
     serving = chain_params(cfg, serving=True)
-    return export_run(cfg, result, grid, lambda d: pipeline.save_pretrained(d, training=result, sampling=serving))
+    return export_run(
+        cfg,
+        result,
+        grid,
+        lambda d: pipeline.save_pretrained(d, training=result, sampling=serving, guidance_scale=cfg.serve_guidance),
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

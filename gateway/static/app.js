@@ -118,7 +118,8 @@ function request() {
     const lo = number("guidance-lo"), hi = number("guidance-hi");
     if (lo !== null || hi !== null) body.guidance_interval = [lo ?? 0, hi ?? 1e6];  // the API says what is wrong
   } else {
-    for (const [id, field] of [["steps", "steps"], ["step-size", "step_size"], ["noise-scale", "noise_scale"]]) {
+    const fields = [["steps", "steps"], ["step-size", "step_size"], ["noise-scale", "noise_scale"], ["ebm-guidance", "guidance_scale"]];
+    for (const [id, field] of fields) {
       const v = number(id);
       if (v !== null) body[field] = v;
     }
@@ -164,6 +165,7 @@ function fillForm(model_, params) {
   } else {
     $("step-size").value = params.step_size ?? "";
     $("noise-scale").value = params.noise_scale ?? "";
+    $("ebm-guidance").value = params.guidance_scale ?? "";
   }
   $("steps").dataset.model = model_;
   applyModel();
@@ -421,6 +423,7 @@ async function loadModels() {
       state.defaults.ebmSteps = ebm.sampling.steps;
       $("step-size").placeholder = `model's: ${ebm.sampling.step_size}`;
       $("noise-scale").placeholder = `model's: ${ebm.sampling.noise_scale}`;
+      $("ebm-guidance").placeholder = `model's: ${ebm.sampling.guidance_scale ?? 1}`;
       if (model() === "ebm" && !$("steps").value) $("steps").value = ebm.sampling.steps;
     }
     const parts = Object.entries(info.queues).map(([name, q]) =>

@@ -113,12 +113,21 @@ class EnergyNet(nn.Module):
         return self.head(h.sum(dim=(2, 3)))  # (B, K)
 
     def energy(
-        self, x: torch.Tensor, labels: torch.Tensor | None = None, level: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        level: torch.Tensor | None = None,
+        guidance_scale: float = 1.0,
     ) -> torch.Tensor:
         """E(x) per image, shape (B,) (E(x, t) at noise levels `level` for recovery-likelihood energies).
 
         For JEM networks, labels (B,) ask for E(x, y) = -f(x)[y]; a label of -1 (or no labels at
         all) asks for the marginal E(x) = -logsumexp_y f(x)[y] (JEM Eq. 5).
+
+        guidance_scale w sharpens the class of labelled images: E_w(x, y) = E(x) + w (E(x, y) - E(x))
+        = E(x) - w log p(y | x), the energy of p(x) p(y | x)^w (classifier guidance, Dhariwal & Nichol
+        2021, Sec. 4.1, with the energy's own classifier; in the form of classifier-free guidance, Ho &
+        Salimans 2022, Eq. 6). w = 1 is E(x, y) itself. Both terms come from the same logits: one pass.
         """
         logits = self(x, level)
         if self.config.num_classes is None:
@@ -129,4 +138,6 @@ class EnergyNet(nn.Module):
         if labels is None:
             return marginal
         conditional = -logits.gather(1, labels.clamp(min=0).view(-1, 1)).squeeze(1)
+        if guidance_scale != 1.0:
+            conditional = marginal + guidance_scale * (conditional - marginal)
         return torch.where(labels >= 0, conditional, marginal)

@@ -109,9 +109,9 @@ def langevin_chain(
     return x.detach()
 
 
-def model_energy(model: nn.Module, labels: torch.Tensor | None = None) -> EnergyFn:
-    """E(x) (or E(x, y) for the given labels) of an `EnergyNet`, as a function of x alone."""
-    return lambda x: model.energy(x, labels)  # type: ignore[operator]
+def model_energy(model: nn.Module, labels: torch.Tensor | None = None, guidance_scale: float = 1.0) -> EnergyFn:
+    """E(x) (or E(x, y) for the given labels, guided by `guidance_scale`) of an `EnergyNet`, as a function of x."""
+    return lambda x: model.energy(x, labels, guidance_scale=guidance_scale)  # type: ignore[operator]
 
 
 def sample_model(
@@ -120,9 +120,11 @@ def sample_model(
     params: LangevinParams,
     *,
     labels: torch.Tensor | None = None,
+    guidance_scale: float = 1.0,
     generators: Sequence[torch.Generator] | None = None,
     callback: StepCallback | None = None,
 ) -> torch.Tensor:
     """Langevin chains on a network's energy, with the network in eval mode and left unchanged."""
+    energy_fn = model_energy(model, labels, guidance_scale)
     with eval_mode(model):
-        return langevin_chain(model_energy(model, labels), x_init, params, generators=generators, callback=callback)
+        return langevin_chain(energy_fn, x_init, params, generators=generators, callback=callback)

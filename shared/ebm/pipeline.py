@@ -34,15 +34,20 @@ from shared.weights import count_parameters, load_network, save_model_dir
 logger = logging.getLogger(__name__)
 
 MODEL_KIND = "ebm-cnn"
+MAX_GUIDANCE = 50.0
 
 
 @dataclass(frozen=True)
 class EBMSampleParams:
-    """One sampling run. Image i uses seeds[i] and labels[i] (None: the marginal energy E(x))."""
+    """One sampling run. Image i uses seeds[i] and labels[i] (None: the marginal energy E(x)).
+
+    guidance_scale w: labelled images follow E(x) + w (E(x, y) - E(x)) (shared/ebm/energy.py); 1: none.
+    """
 
     seeds: tuple[int, ...]
     langevin: LangevinParams = field(default_factory=LangevinParams)
     labels: tuple[int | None, ...] | None = None
+    guidance_scale: float = 1.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
@@ -52,6 +57,8 @@ class EBMSampleParams:
             raise ValueError(f"seeds must be in [0, {MAX_SEED}]")
         if self.labels is not None and len(self.labels) != len(self.seeds):
             raise ValueError(f"{len(self.labels)} labels for {len(self.seeds)} seeds")
+        if not 0 <= self.guidance_scale <= MAX_GUIDANCE:
+            raise ValueError(f"guidance_scale must be in [0, {MAX_GUIDANCE}], got {self.guidance_scale}")
 
 
 class EBMPipeline:
@@ -60,7 +67,9 @@ class EBMPipeline:
     def __init__(self, net: EnergyNet, card: dict[str, Any] | None = None) -> None:
         self.net = net.eval()
         self.card = card or {}
-        sampling = self.card.get("sampling")
+        sampling = dict(self.card.get("sampling") or {})
+        # the card's guidance on the energy (absent on cards written before guidance existed: none)
+        self.default_guidance_scale = float(sampling.pop("guidance_scale", 1.0))
         self.default_langevin = LangevinParams(**sampling) if sampling else LangevinParams()
         levels = net.config.num_levels
         self.schedule = RecoverySchedule(levels, **self.card.get("recovery", {})) if levels else None
@@ -68,6 +77,25 @@ class EBMPipeline:
     @property
     def recipe(self) -> str:
         return "recovery-likelihood" if self.schedule is not None else "persistent-cd"
+
+    def sample_params(
+        self,
+        seeds: Sequence[int],
+        labels: Sequence[int | None] | None = None,
+        guidance_scale: float | None = None,
+        **langevin: Any,
+    ) -> EBMSampleParams:
+        """A run on the card's chain and guidance; `langevin` fields and `guidance_scale` that are not None
+        replace the card's (steps, step_size, noise_scale, grad_clip, clamp). Raises ValueError when invalid."""
+        overrides = {name: value for name, value in langevin.items() if value is not None}
+        params = EBMSampleParams(
+            seeds=tuple(seeds),
+            langevin=dataclasses.replace(self.default_langevin, **overrides),
+            labels=None if labels is None else tuple(labels),
+            guidance_scale=self.default_guidance_scale if guidance_scale is None else guidance_scale,
+        )
+        self.check(params)
+        return params
 
     def total_steps(self, langevin: LangevinParams) -> int:
         """Langevin steps a run makes in all (the progress a job reports): steps per level x levels."""
@@ -96,6 +124,7 @@ class EBMPipeline:
         directory: str | os.PathLike[str],
         training: dict[str, Any] | None = None,
         sampling: LangevinParams | None = None,
+        guidance_scale: float | None = None,
     ) -> Path:
         """Weights (fp32: energies are sensitive to small weight changes) and the model card."""
         langevin = sampling or self.default_langevin
@@ -104,7 +133,11 @@ class EBMPipeline:
             "energy": self.config.to_dict(),
             "parameters": count_parameters(self.net),
             "recipe": self.recipe,
-            "sampling": {**dataclasses.asdict(langevin), "clamp": list(langevin.clamp) if langevin.clamp else None},
+            "sampling": {
+                **dataclasses.asdict(langevin),
+                "clamp": list(langevin.clamp) if langevin.clamp else None,
+                "guidance_scale": self.default_guidance_scale if guidance_scale is None else guidance_scale,
+            },
             "training": training or self.card.get("training", {}),
         }
         if self.schedule is not None:
@@ -135,9 +168,11 @@ class EBMPipeline:
         if self.schedule is not None:
             x_top = randn_per_sample(generators, shape, device=self.device)  # x_T ~ N(0, I)
             return recovery_sample(
-                self.net, self.schedule, x_top, params.langevin, labels=labels, generators=generators, callback=callback
-            ).clamp(-1, 1)
+                self.net, self.schedule, x_top, params.langevin,
+                labels=labels, guidance_scale=params.guidance_scale, generators=generators, callback=callback,
+            ).clamp(-1, 1)  # fmt: skip
         x_init = rand_per_sample(generators, shape, device=self.device) * 2 - 1  # U[-1, 1)
         return sample_model(
-            self.net, x_init, params.langevin, labels=labels, generators=generators, callback=callback
-        ).clamp(-1, 1)
+            self.net, x_init, params.langevin,
+            labels=labels, guidance_scale=params.guidance_scale, generators=generators, callback=callback,
+        ).clamp(-1, 1)  # fmt: skip

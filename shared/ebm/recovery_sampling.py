@@ -33,6 +33,7 @@ def recovery_chain(
     params: LangevinParams,
     *,
     labels: torch.Tensor | None = None,
+    guidance_scale: float = 1.0,
     generators: Sequence[torch.Generator] | None = None,
     on_step: StepCallback | None = None,
 ) -> torch.Tensor:
@@ -47,7 +48,7 @@ def recovery_chain(
     x_next = x_next.detach()
 
     def potential(y: torch.Tensor) -> torch.Tensor:  # U(y), shape (B,)
-        energy = net.energy(y, labels, t)  # type: ignore[operator]
+        energy = net.energy(y, labels, t, guidance_scale)  # type: ignore[operator]
         quadratic = (recovery * (y - x_next) ** 2).flatten(1).sum(1)
         return energy / step_sq.flatten() + quadratic
 
@@ -73,6 +74,7 @@ def recovery_sample(
     params: LangevinParams,
     *,
     labels: torch.Tensor | None = None,
+    guidance_scale: float = 1.0,
     generators: Sequence[torch.Generator] | None = None,
     callback: StepCallback | None = None,
 ) -> torch.Tensor:
@@ -88,6 +90,9 @@ def recovery_sample(
                 if callback is not None:
                     callback(done + k, total, y)
 
-            y = recovery_chain(net, schedule, x, t, params, labels=labels, generators=generators, on_step=on_step)
+            y = recovery_chain(
+                net, schedule, x, t, params,
+                labels=labels, guidance_scale=guidance_scale, generators=generators, on_step=on_step,
+            )  # fmt: skip
             x = y / schedule.y_scale(t, y)
     return x

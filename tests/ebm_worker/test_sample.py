@@ -29,6 +29,20 @@ def test_flags_override_the_card_defaults(weights: Path) -> None:
     assert params.seeds == (7, 8, 9) and params.labels is None
 
 
+def test_guidance_comes_from_the_card_unless_the_request_or_flag_sets_it(tmp_path: Path) -> None:
+    EBMPipeline(seeded_energy_net(tiny_energy_config())).save_pretrained(
+        tmp_path / "g", sampling=LangevinParams(steps=3), guidance_scale=3.0
+    )
+    pipeline = EBMPipeline.from_pretrained(tmp_path / "g", device="cpu")
+    model = job_model(pipeline)
+    assert model.plan({"num_images": 1, "seed": 0, "class_label": "red"}).params.guidance_scale == 3.0
+    request = {"num_images": 1, "seed": 0, "class_label": "red", "guidance_scale": 1.5}
+    assert model.plan(request).params.guidance_scale == 1.5
+    args = build_parser().parse_args(["--weights", str(tmp_path / "g"), "--guidance-scale", "0"])
+    assert params_from_args(args, pipeline).guidance_scale == 0.0
+    assert params_from_args(build_parser().parse_args([]), pipeline).guidance_scale == 3.0
+
+
 def test_cli_writes_a_grid_and_images_reproducibly(weights: Path, tmp_path: Path) -> None:
     for name in ("a", "b"):
         assert (

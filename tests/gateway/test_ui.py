@@ -50,6 +50,8 @@ def test_the_page_offers_every_sampler_and_the_guidance_interval(client: TestCli
     assert 'id="guidance-lo"' in page and 'id="guidance-hi"' in page
     script = client.get("/static/app.js").text
     assert "body.guidance_interval" in script
+    ebm = client.get("/openapi.json").json()["components"]["schemas"]["EBMRequest"]["properties"]
+    assert "guidance_scale" in ebm and 'id="ebm-guidance"' in page and '["ebm-guidance", "guidance_scale"]' in script
 
 
 def test_the_page_is_not_part_of_the_api_schema(client: TestClient) -> None:

@@ -29,6 +29,36 @@ def test_save_and_load_round_trip(pipeline: EBMPipeline, tmp_path: Path) -> None
     assert torch.equal(loaded.net.energy(x), pipeline.net.energy(x))  # fp32 weights: exact
 
 
+def test_the_card_holds_the_guidance_and_sample_params_take_the_cards_values(
+    pipeline: EBMPipeline, tmp_path: Path
+) -> None:
+    pipeline.save_pretrained(tmp_path, sampling=FAST, guidance_scale=2.5)
+    assert json.loads((tmp_path / "config.json").read_text())["sampling"]["guidance_scale"] == 2.5
+    loaded = EBMPipeline.from_pretrained(tmp_path, device="cpu")
+    assert loaded.default_guidance_scale == 2.5 and loaded.default_langevin == FAST
+    params = loaded.sample_params([4, 5], [0, None])
+    assert params.guidance_scale == 2.5 and params.langevin == FAST and params.labels == (0, None)
+    override = loaded.sample_params([4], [1], guidance_scale=1.0, steps=9, noise_scale=None)
+    assert override.guidance_scale == 1.0 and override.langevin.steps == 9
+    assert override.langevin.noise_scale == FAST.noise_scale  # None keeps the card's value
+    with pytest.raises(ValueError, match="outside"):
+        loaded.sample_params([4], [7])
+    card = json.loads((tmp_path / "config.json").read_text())
+    del card["sampling"]["guidance_scale"]  # a card written before guidance existed: no guidance
+    assert EBMPipeline(pipeline.net, card).default_guidance_scale == 1.0
+
+
+def test_guidance_moves_labelled_images_only(pipeline: EBMPipeline) -> None:
+    chain = LangevinParams(steps=4, step_size=50.0, noise_scale=0.02, grad_clip=None)
+    plain = pipeline.sample(EBMSampleParams(seeds=(1, 2), langevin=chain, labels=(0, None)))
+    guided = pipeline.sample(EBMSampleParams(seeds=(1, 2), langevin=chain, labels=(0, None), guidance_scale=4.0))
+    assert torch.equal(guided[1], plain[1])  # the unlabelled image follows the marginal either way
+    assert (guided[0] - plain[0]).abs().max() > 1e-3
+    with torch.no_grad():  # and the guided image is more of its class to the energy's own classifier
+        p = torch.softmax(pipeline.net(torch.stack([plain[0], guided[0]])), 1)[:, 0]
+    assert p[1] > p[0]
+
+
 def test_wrong_kind_or_broken_card_is_a_weights_error(pipeline: EBMPipeline, tmp_path: Path) -> None:
     pipeline.save_pretrained(tmp_path)
     card_path = tmp_path / "config.json"
@@ -66,7 +96,12 @@ def test_sampling_does_not_touch_the_network(pipeline: EBMPipeline) -> None:
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
-    [({"seeds": ()}, "at least one"), ({"seeds": (-1,)}, "seeds"), ({"seeds": (1, 2), "labels": (0,)}, "labels")],
+    [
+        ({"seeds": ()}, "at least one"),
+        ({"seeds": (-1,)}, "seeds"),
+        ({"seeds": (1, 2), "labels": (0,)}, "labels"),
+        ({"seeds": (1,), "guidance_scale": -1.0}, "guidance_scale"),
+    ],
 )
 def test_sample_params_are_validated(kwargs: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message):

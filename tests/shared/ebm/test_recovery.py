@@ -49,7 +49,9 @@ class Quadratic(nn.Module):
         self.scale = scale
         self.weight = nn.Parameter(torch.ones(()))
 
-    def energy(self, y: torch.Tensor, labels: torch.Tensor | None, t: torch.Tensor) -> torch.Tensor:
+    def energy(
+        self, y: torch.Tensor, labels: torch.Tensor | None, t: torch.Tensor, guidance_scale: float = 1.0
+    ) -> torch.Tensor:
         return self.weight * self.scale * y.pow(2).flatten(1).sum(1) / 2
 
 
@@ -140,7 +142,9 @@ def test_recovery_sample_runs_the_levels_from_the_top_down() -> None:
     calls: list[int] = []
 
     class Recorder(nn.Module):
-        def energy(self, y: torch.Tensor, labels: torch.Tensor | None, t: torch.Tensor) -> torch.Tensor:
+        def energy(
+            self, y: torch.Tensor, labels: torch.Tensor | None, t: torch.Tensor, guidance_scale: float = 1.0
+        ) -> torch.Tensor:
             calls.append(int(t[0]))
             return (0 * y).flatten(1).sum(1)
 
