@@ -85,6 +85,9 @@ class TrainConfig(RunConfig):
     warmup_steps: int = 200
     grad_clip: float = 1.0
     uncond_prob: float = 0.1
+    ce_weight: float = (
+        1.0  # JEM's cross-entropy of p(c | y+, t) beside the recovery loss; 0: none (the 77k-image model)
+    )
     ema_halflife_ratio: float = 0.1  # 0: no EMA (serve the raw weights)
     # the chain, trained and served (Gao et al.: T = 6, K = 30, b^2 = 2e-4, noise 1.0 / 0.99)
     levels: int = 6
@@ -110,6 +113,7 @@ HELP = {
     "warmup_steps": "linear learning-rate warm-up",
     "grad_clip": "clip of the parameters' gradient norm",
     "uncond_prob": "share of training images whose chain and loss use the marginal energy (no class)",
+    "ce_weight": "weight of the cross-entropy of the energy's own classifier p(c | y+, t) on the data (JEM)",
     "ema_halflife_ratio": "EMA half-life as a share of the images seen (Karras et al. 2022); 0 turns EMA off",
     "levels": "T, the number of noise levels (recovery steps)",
     "chain_steps": "K, Langevin steps per level, in training and in the served chain",
@@ -226,13 +230,16 @@ def train_step(state: TrainState, x: torch.Tensor, labels: torch.Tensor, cfg: Tr
     """One step of Algorithm 1: a level per image, the chain from the data's x_{t+1}, one Adam step."""
     schedule = state.schedule
     t = torch.randint(0, schedule.num_levels, (x.shape[0],), device=x.device)
+    classes = labels
     labels = torch.where(torch.rand(labels.shape, device=x.device) < cfg.uncond_prob, -1, labels)
     x_t, x_next = schedule.q_sample_pair(x, t)
     state.net.eval()  # frozen inside the chain; no train-time state to change in this network anyway
     y_neg = recovery_chain(state.net, schedule, x_next, t, chain_params(cfg), labels=labels)
     state.net.train()
     y_pos = schedule.y_scale(t, x_t) * x_t
-    terms = recovery_likelihood_loss(state.net, y_pos, y_neg, t, schedule.loss_weight(t), labels=labels)
+    terms = recovery_likelihood_loss(
+        state.net, y_pos, y_neg, t, schedule.loss_weight(t), labels=labels, classes=classes, ce_weight=cfg.ce_weight
+    )
     state.optimizer.zero_grad(set_to_none=True)
     terms.loss.backward()
     nn.utils.clip_grad_norm_(state.net.parameters(), cfg.grad_clip)
@@ -286,6 +293,8 @@ def summary(state: TrainState, cfg: TrainConfig, terms: RecoveryTerms | None, se
         "lr": cfg.lr,
         "ema_halflife_ratio": cfg.ema_halflife_ratio,
         "uncond_prob": cfg.uncond_prob,
+        "ce_weight": cfg.ce_weight,
+        "cross_entropy": terms.cross_entropy if terms else None,
         "chain_train": dataclasses.asdict(chain_params(cfg)),
         "levels": state.schedule.num_levels,
         "data": Path(cfg.data).name,
@@ -316,7 +325,9 @@ def run_steps(
                     break  # a fresh data stream from the restored step
                 terms = step_terms
                 bar.update(1)
-                bar.set_postfix(e_pos=f"{terms.energy_pos:.3g}", e_neg=f"{terms.energy_neg:.3g}")
+                bar.set_postfix(
+                    e_pos=f"{terms.energy_pos:.3g}", e_neg=f"{terms.energy_neg:.3g}", ce=f"{terms.cross_entropy:.3g}"
+                )
                 if time.monotonic() - last_checkpoint > 60 * cfg.checkpoint_minutes:
                     save_checkpoint(Path(cfg.out), checkpoint_state(state, cfg))
                     last_checkpoint = time.monotonic()

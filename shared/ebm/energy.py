@@ -134,10 +134,16 @@ class EnergyNet(nn.Module):
             if labels is not None and bool((labels >= 0).any()):
                 raise ValueError("this energy network is unconditional: it takes no class label")
             return logits.squeeze(1)
-        marginal = -torch.logsumexp(logits, dim=1)
-        if labels is None:
-            return marginal
-        conditional = -logits.gather(1, labels.clamp(min=0).view(-1, 1)).squeeze(1)
-        if guidance_scale != 1.0:
-            conditional = marginal + guidance_scale * (conditional - marginal)
-        return torch.where(labels >= 0, conditional, marginal)
+        return jem_energy(logits, labels, guidance_scale)
+
+
+def jem_energy(logits: torch.Tensor, labels: torch.Tensor | None = None, guidance_scale: float = 1.0) -> torch.Tensor:
+    """Energies (B,) from JEM logits (B, K): -f[y] for labels >= 0 (guided, see `EnergyNet.energy`), else
+    the marginal -logsumexp f."""
+    marginal = -torch.logsumexp(logits, dim=1)
+    if labels is None:
+        return marginal
+    conditional = -logits.gather(1, labels.clamp(min=0).view(-1, 1)).squeeze(1)
+    if guidance_scale != 1.0:
+        conditional = marginal + guidance_scale * (conditional - marginal)
+    return torch.where(labels >= 0, conditional, marginal)

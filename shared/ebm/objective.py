@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from shared.ebm.energy import EnergyNet
+from shared.ebm.energy import EnergyNet, jem_energy
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,7 @@ class RecoveryTerms:
     loss: torch.Tensor  # the scalar to minimise
     energy_pos: float  # mean E(y+, t)
     energy_neg: float  # mean E(y-, t)
+    cross_entropy: float = 0.0  # mean -log p(c | y+, t) of the energy's own classifier (0 when not trained)
 
 
 def recovery_likelihood_loss(
@@ -68,6 +69,8 @@ def recovery_likelihood_loss(
     weight: torch.Tensor,
     *,
     labels: torch.Tensor | None = None,
+    classes: torch.Tensor | None = None,
+    ce_weight: float = 0.0,
 ) -> RecoveryTerms:
     """The recovery-likelihood gradient's loss (Gao et al. 2021, Eq. 9): mean_i w_i (E(y+_i, t_i) - E(y-_i, t_i)).
 
@@ -75,14 +78,24 @@ def recovery_likelihood_loss(
     (held fixed); w = sigma_1 / sigma_{t+1} (the reference code's per-level scale). The quadratic
     recovery term of Eq. 8 does not depend on theta, so it drops out of the gradient.
     Labels (B,) ask for E(y, t, c) = -f(y, t)[c]; -1 for the marginal -logsumexp_c f (JEM Eq. 5).
+
+    With `classes` (B,) (the data's true classes) and ce_weight > 0, plus ce_weight * the cross-entropy
+    of p(c | y+, t) = softmax_c f(y+, t) (JEM, Grathwohl et al. 2020, Eq. 8, here at every noise level):
+    the contrastive term alone only compares an image with its own chain's negative under one class,
+    so nothing makes f(y, t)[c] larger for images of class c than for others; this term does, and it
+    is what conditioning and guidance on the energy read. Both terms use the same forward pass.
     """
     if y_pos.shape != y_neg.shape:
         raise ValueError(f"data {tuple(y_pos.shape)} and negatives {tuple(y_neg.shape)} must have the same shape")
-    both = net.energy(
-        torch.cat([y_pos, y_neg.detach()]),
-        None if labels is None else labels.repeat(2),
-        t.repeat(2),
-    )  # one forward for both: (2B,)
+    logits = net(torch.cat([y_pos, y_neg.detach()]), t.repeat(2))  # one forward for both: (2B, K)
+    if net.config.num_classes is None:
+        both = logits.squeeze(1)
+    else:
+        both = jem_energy(logits, None if labels is None else labels.repeat(2))
     e_pos, e_neg = both.chunk(2)
     loss = (weight * (e_pos - e_neg)).mean()
-    return RecoveryTerms(loss, e_pos.mean().item(), e_neg.mean().item())
+    ce = torch.zeros((), device=y_pos.device)
+    if ce_weight > 0 and classes is not None and net.config.num_classes is not None:
+        ce = F.cross_entropy(logits[: y_pos.shape[0]], classes)
+        loss = loss + ce_weight * ce
+    return RecoveryTerms(loss, e_pos.mean().item(), e_neg.mean().item(), ce.item())

@@ -100,6 +100,27 @@ def test_the_loss_is_the_weighted_energy_difference_and_trains_the_right_way() -
     assert gap < terms.energy_pos - terms.energy_neg
 
 
+def test_the_cross_entropy_is_added_and_teaches_the_energys_classifier() -> None:
+    """ce_weight * CE(softmax f(y+, t), c) on the data: the class logit of the true class rises."""
+    net = seeded_energy_net(tiny_energy_config(num_levels=6))
+    y_pos, y_neg = torch.randn(4, 3, 8, 8), torch.randn(4, 3, 8, 8)
+    t, labels, classes = torch.tensor([0, 1, 4, 5]), torch.tensor([0, 1, -1, 2]), torch.tensor([0, 1, 1, 2])
+    weight = RecoverySchedule(6).loss_weight(t)
+    plain = recovery_likelihood_loss(net, y_pos, y_neg, t, weight, labels=labels)
+    with_ce = recovery_likelihood_loss(net, y_pos, y_neg, t, weight, labels=labels, classes=classes, ce_weight=0.5)
+    with torch.no_grad():
+        ce = nn.functional.cross_entropy(net(y_pos, t), classes)
+    assert plain.cross_entropy == 0.0 and with_ce.cross_entropy == pytest.approx(ce.item(), rel=1e-5)
+    torch.testing.assert_close(with_ce.loss.detach(), plain.loss.detach() + 0.5 * ce, rtol=1e-5, atol=1e-6)
+    assert recovery_likelihood_loss(net, y_pos, y_neg, t, weight, labels=labels, classes=classes).cross_entropy == 0.0
+    optimizer = torch.optim.SGD(net.parameters(), lr=1e-2)
+    ce_only = recovery_likelihood_loss(net, y_pos, y_neg, t, 0 * weight, classes=classes, ce_weight=1.0)
+    ce_only.loss.backward()
+    optimizer.step()
+    with torch.no_grad():
+        assert nn.functional.cross_entropy(net(y_pos, t), classes) < ce
+
+
 def test_the_level_changes_the_energy() -> None:
     net = seeded_energy_net(tiny_energy_config(num_levels=6))
     nn.init.normal_(net.features[1].level.weight)  # zero-initialised: give the levels different offsets
