@@ -17,3 +17,8 @@ PY
 # batching (item 2) with the shipped weights and GENSERVICE_DEVICE=cuda for the worker.
 export GENSERVICE_DEVICE=cuda
 timeout 470 "$PYTHON" -m bench --device cuda --only sampler,batching --out BENCHMARKS-gpu.md
+# The two rows of the quality-per-evaluation table (issue 17, models/README.md) that a CPU cannot afford at
+# N = 1000 (DDPM 1000 guided is ~14 core-hours here): same seeds, guidance 3, the classifier's feature space.
+# Its "CPU s / image" column is GPU seconds for these rows. Results: runs/sampler-table-gpu/<row>/results.json.
+timeout 240 "$PYTHON" -m training.sampler_table --n 1000 --rows ddim-100 ddpm-1000 --device cuda --batch-size 500 \
+    --out runs/sampler-table-gpu || echo "sampler-table rows stopped early; what finished is in runs/sampler-table-gpu"
