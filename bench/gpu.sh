@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Items 1 and 2 of the benchmark suite on CUDA, for a short GPU window (well under 8 minutes on an H200).
+# Items 1 and 2 of the benchmark suite on CUDA (at most 470 s), then the two GPU-only rows of the sampler
+# table (at most 240 s): under 12 minutes of an H200 in the worst case, usually far less.
 # Usage (repository root, torch with CUDA in .venv or $PYTHON): bash bench/gpu.sh
 # Writes BENCHMARKS-gpu.md beside BENCHMARKS.md and the raw JSON under bench/results/;
 # BENCHMARKS.md (the CPU run) is left as it is, so the GPU's numbers sit beside the CPU's.

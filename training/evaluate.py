@@ -102,7 +102,6 @@ def row_specs(args: argparse.Namespace) -> list[SourceSpec]:
         class_label=None if args.class_label == "none" else args.class_label,
         sampler=args.sampler,
         steps=args.steps,
-        guidance_scale=1.0 if args.guidance_scale is None and untrained_of == "diffusion" else args.guidance_scale,
         guidance_interval=tuple(args.guidance_interval) if args.guidance_interval else None,
         untrained_of=untrained_of,
         runtime=args.runtime,
@@ -116,7 +115,12 @@ def row_specs(args: argparse.Namespace) -> list[SourceSpec]:
     names = list(dict.fromkeys(names))  # --model real --calibrate: one real row
     specs = []
     for name in names:
-        spec = SourceSpec(model=name, weights=args.weights if name == args.model else None, **common)  # type: ignore[arg-type]
+        diffusion_row = name == "diffusion" or (name == "untrained" and untrained_of == "diffusion")
+        # no --guidance-scale: none (1.0) for diffusion rows, the card's for EBM rows (None); any other row ignores it
+        guidance = 1.0 if args.guidance_scale is None and diffusion_row else args.guidance_scale
+        spec = SourceSpec(
+            model=name, weights=args.weights if name == args.model else None, guidance_scale=guidance, **common
+        )  # type: ignore[arg-type]
         if name == "untrained" and args.untrained_steps:
             spec = dataclasses.replace(spec, steps=args.untrained_steps)
         specs.append(spec)

@@ -115,7 +115,9 @@ def _ebm(spec: SourceSpec, pipeline: EBMPipeline) -> tuple[torch.Tensor, list, d
     labels = requested_labels(spec.class_label, spec.n, pipeline.config.num_classes, pipeline.resolve_label)
 
     def params(seeds: tuple[int, ...], chunk: slice) -> EBMSampleParams:  # the card's chain and guidance
-        return pipeline.sample_params(seeds, labels[chunk], guidance_scale=spec.guidance_scale, steps=spec.steps)
+        return pipeline.sample_params(
+            seeds, labels[chunk], guidance_scale=spec.guidance_scale, steps=spec.steps or None
+        )
 
     first = params((0,), slice(0, 1))
     info = {
@@ -196,6 +198,10 @@ def cache_key(spec: SourceSpec, repo_root: Path) -> str:
         fields["sha256"] = _weights_sha(directory)
         # the card too: its sampling block (e.g. the EBM's serving chain) shapes the images as much as the weights
         fields["card_sha256"] = file_sha256(Path(directory) / CARD_FILE)
+        if model == "ebm":  # the guidance the chain runs (None: the card's), under a name older keys never had
+            card = json.loads((Path(directory) / CARD_FILE).read_text())
+            default = card.get("sampling", {}).get("guidance_scale", 1.0)
+            fields["energy_guidance"] = default if fields.pop("guidance_scale") is None else spec.guidance_scale
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 

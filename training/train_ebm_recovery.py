@@ -12,7 +12,10 @@ mean_i w_t (E(y+, t) - E(y-, t)) with y+ = a_{t+1} x_t, Adam. Serving runs the s
 level from Gaussian noise (shared/ebm/recovery_sampling.py), so the model is trained on the chain
 it serves - the point of Nijkamp et al. 2019/2020 that the persistent trainer (training/train_ebm.py)
 misses. Class-conditional: E(y, t, c) = -f(y, t)[c], with --uncond-prob of the images trained on the
-marginal -logsumexp_c f (JEM Eq. 5) so that unlabelled requests work too.
+marginal -logsumexp_c f (JEM Eq. 5) so that unlabelled requests work too, plus --ce-weight times the
+cross-entropy of the energy's own classifier softmax_c f(y+, t) on the data's classes (JEM Eq. 8),
+which is what class conditioning and guidance read (the contrastive term alone leaves it at chance).
+The export's card serves the chain with --serve-guidance: E(y) + w (E(y, c) - E(y)) for labelled images.
 
 Checkpoints (weights, EMA, optimizer, data position, RNG) go to --out every --checkpoint-minutes and
 on SIGTERM/SIGINT; a non-finite step restores the last checkpoint and halves the learning rate.
@@ -189,6 +192,7 @@ def init_state(cfg: TrainConfig, dataset: ImageDataset, device: torch.device) ->
     if checkpoint is not None:
         restore(state, checkpoint)
         logger.info("resumed %s at step %d", cfg.resume, state.step)
+        note_objective_change(state, checkpoint.get("train_config", {}).get("ce_weight", 0.0), cfg)
     elif warm is not None:
         before = warm.card.get("training", {})
         state.history = {
@@ -197,7 +201,18 @@ def init_state(cfg: TrainConfig, dataset: ImageDataset, device: torch.device) ->
             "warm_started_from": warm.card.get("sha256", ""),
         }
         logger.info("warm start from %s (%d images seen before)", cfg.resume, state.history["images_seen_before"])
+        note_objective_change(state, before.get("ce_weight", 0.0), cfg)
     return state
+
+
+def note_objective_change(state: TrainState, ce_weight_before: float, cfg: TrainConfig) -> None:
+    """A continued run whose loss differs from what trained the weights so far says so, in the log and the card."""
+    if ce_weight_before == cfg.ce_weight:
+        return
+    logger.warning("the loss changes at step %d: ce_weight %g -> %g", state.step, ce_weight_before, cfg.ce_weight)
+    images = state.history.get("images_seen_before", 0) + state.step * cfg.batch_size
+    change = {"images_seen_total": images, "ce_weight": [ce_weight_before, cfg.ce_weight]}
+    state.history["objective_changes"] = [*state.history.get("objective_changes", []), change]
 
 
 def checkpoint_state(state: TrainState, cfg: TrainConfig) -> dict[str, Any]:
@@ -294,6 +309,7 @@ def summary(state: TrainState, cfg: TrainConfig, terms: RecoveryTerms | None, se
         "ema_halflife_ratio": cfg.ema_halflife_ratio,
         "uncond_prob": cfg.uncond_prob,
         "ce_weight": cfg.ce_weight,
+        "objective_changes": state.history.get("objective_changes", []),
         "cross_entropy": terms.cross_entropy if terms else None,
         "chain_train": dataclasses.asdict(chain_params(cfg)),
         "levels": state.schedule.num_levels,

@@ -89,6 +89,8 @@ def recovery_likelihood_loss(
         raise ValueError(f"data {tuple(y_pos.shape)} and negatives {tuple(y_neg.shape)} must have the same shape")
     logits = net(torch.cat([y_pos, y_neg.detach()]), t.repeat(2))  # one forward for both: (2B, K)
     if net.config.num_classes is None:
+        if labels is not None and bool((labels >= 0).any()):
+            raise ValueError("this energy network is unconditional: it takes no class label")
         both = logits.squeeze(1)
     else:
         both = jem_energy(logits, None if labels is None else labels.repeat(2))

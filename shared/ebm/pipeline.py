@@ -70,6 +70,8 @@ class EBMPipeline:
         sampling = dict(self.card.get("sampling") or {})
         # the card's guidance on the energy (absent on cards written before guidance existed: none)
         self.default_guidance_scale = float(sampling.pop("guidance_scale", 1.0))
+        if not 0 <= self.default_guidance_scale <= MAX_GUIDANCE:
+            raise ValueError(f"the card's sampling.guidance_scale must be in [0, {MAX_GUIDANCE}]")
         self.default_langevin = LangevinParams(**sampling) if sampling else LangevinParams()
         levels = net.config.num_levels
         self.schedule = RecoverySchedule(levels, **self.card.get("recovery", {})) if levels else None

@@ -20,7 +20,7 @@ from shared.classifier import Classifier, load_classifier
 from shared.diffusion.pipeline import DiffusionPipeline, SampleParams
 from shared.diffusion.unet import UNet
 from shared.ebm.energy import EnergyNet
-from shared.ebm.pipeline import EBMPipeline, EBMSampleParams
+from shared.ebm.pipeline import EBMPipeline
 from shared.images import to_uint8
 from shared.seeding import make_generators, randn_per_sample
 from training.metrics import ClassifierFeatures, class_agreement, mean_pairwise_distance
@@ -138,9 +138,7 @@ def ebm_checks(pipeline: EBMPipeline, classifier: Classifier, real: tuple[torch.
     x, y = real
     seeds, labels = tuple(range(30)), torch.tensor([k % 10 for k in range(30)])
     with torch.enable_grad():
-        samples = pipeline.sample(
-            EBMSampleParams(seeds=seeds, langevin=pipeline.default_langevin, labels=tuple(labels.tolist()))
-        )
+        samples = pipeline.sample(pipeline.sample_params(seeds, labels.tolist()))  # the card's chain and guidance
     noise = randn_per_sample(make_generators(seeds), (3, 32, 32)).clamp(-1, 1)  # where the chains start
     tv_data, tv_noise = total_variation(x), total_variation(noise)
     features = ClassifierFeatures(classifier)

@@ -130,6 +130,28 @@ def test_the_sample_cache_is_keyed_by_the_model_card_as_well_as_the_weights(tmp_
     (directory / "config.json").write_text(json.dumps(card))
     assert cache_key(spec, tmp_path) != before
 
+    # guidance: None means the card's, so it shares the key of the same value given explicitly, and only that
+    import dataclasses
+
+    card["sampling"]["guidance_scale"] = 3.0
+    (directory / "config.json").write_text(json.dumps(card))
+    cards = cache_key(dataclasses.replace(spec, guidance_scale=None), tmp_path)
+    assert cards == cache_key(dataclasses.replace(spec, guidance_scale=3.0), tmp_path)
+    assert cards != cache_key(dataclasses.replace(spec, guidance_scale=1.0), tmp_path)
+
+
+def test_each_row_takes_its_own_default_guidance() -> None:
+    """No --guidance-scale: diffusion rows unguided (1.0), EBM rows the card's (None), whatever --untrained-of."""
+    from training.evaluate import build_parser, row_specs
+
+    for argv, expected in (
+        (["--model", "ebm", "--calibrate", "--untrained-of", "diffusion"], {"ebm": None, "untrained": 1.0}),
+        (["--model", "diffusion", "--calibrate", "--untrained-of", "ebm"], {"diffusion": 1.0, "untrained": None}),
+        (["--model", "ebm", "--guidance-scale", "2"], {"ebm": 2.0}),
+    ):
+        specs = {spec.model: spec.guidance_scale for spec in row_specs(build_parser().parse_args(argv))}
+        assert {name: specs[name] for name in expected} == expected, argv
+
 
 def test_the_sample_cache_key_keeps_old_keys_and_tells_guidance_intervals_apart() -> None:
     """A spec without a guidance interval, on torch fp32, hashes as before those fields existed (caches

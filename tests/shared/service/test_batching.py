@@ -34,6 +34,8 @@ def test_seeds_and_labels_do_not_split_a_batch_everything_else_does() -> None:
     ebm = EBMSampleParams(seeds=(1,), langevin=LangevinParams(steps=50))
     assert batch_key(ebm) != batch_key(EBMSampleParams(seeds=(1,), langevin=LangevinParams(steps=60)))
     assert batch_key(ebm) == batch_key(EBMSampleParams(seeds=(5, 6), langevin=LangevinParams(steps=50)))
+    guided = EBMSampleParams(seeds=(1,), langevin=LangevinParams(steps=50), guidance_scale=3.0)
+    assert batch_key(guided) != batch_key(ebm)  # another guidance is another chain
 
 
 def plan(params: Any) -> Plan:
