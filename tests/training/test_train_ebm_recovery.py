@@ -101,6 +101,12 @@ def test_train_ebm_trains_the_served_recipe_and_its_export_is_the_served_chain(t
 
     warm = train(dataclasses.replace(config(tmp_path / "warm", data, max_steps=1), resume=str(tmp_path / "model")))
     assert warm["images_seen_total"] == 16 + 8 and warm["warm_started_from"] == pipeline.card["sha256"]
+    assert warm["ce_weight"] == 1.0 and warm["objective_changes"] == []  # the same loss as the run it continues
+    # a continuation under another loss says where it changed
+    changed = train(
+        dataclasses.replace(config(tmp_path / "ce0", data, max_steps=1), resume=str(tmp_path / "model"), ce_weight=0.0)
+    )
+    assert changed["objective_changes"] == [{"images_seen_total": 16, "ce_weight": [1.0, 0.0]}]
 
 
 def test_a_warm_start_refuses_a_persistent_cd_energy(tmp_path: Path, data: Path) -> None:
