@@ -154,7 +154,10 @@ def _extract_once(archive: Path, cache: Path) -> Path:
         with tarfile.open(archive) as tar:
             tar.extractall(staging, filter="data")
         (staging / _EXTRACTED_MARKER).touch()
-        shutil.rmtree(target, ignore_errors=True)  # a partial tree left by an older crash
+        if (target / _EXTRACTED_MARKER).is_file():
+            # A concurrent run finished first and may be decoding its tree right now: keep it.
+            return target
+        shutil.rmtree(target, ignore_errors=True)  # a tree without its marker: an older crash's
         try:
             os.replace(staging, target)
         except OSError:

@@ -113,6 +113,29 @@ def test_tarball_is_extracted_once_and_decoded_images_are_cached(
     assert len(list(cache.glob("*.safetensors"))) == 2
 
 
+def test_a_concurrent_extraction_keeps_the_tree_another_run_is_reading(
+    tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two training runs started together both extract; the later one must not delete the earlier
+    one's finished tree under it (it did: FileNotFoundError while decoding)."""
+    archive = _make_tarball(tree, tmp_path / "tiny.tar.gz")
+    cache = tmp_path / "cache"
+    target = cache / f"{archive.name}-{data._source_key(archive, 'all')}"
+    real_open = tarfile.open
+
+    def open_while_another_run_finishes(*args: object, **kwargs: object) -> tarfile.TarFile:
+        # The other run completes its extraction while this one is still extracting.
+        (target / "train").mkdir(parents=True)
+        (target / "train" / "being-read.txt").write_text("in use")
+        (target / data._EXTRACTED_MARKER).touch()
+        return real_open(*args, **kwargs)
+
+    monkeypatch.setattr(tarfile, "open", open_while_another_run_finishes)
+    assert data._extract_once(archive, cache) == target
+    assert (target / "train" / "being-read.txt").read_text() == "in use"
+    assert not list(cache.glob(".extract-*"))  # this run's staging copy is cleaned up
+
+
 def test_cache_is_invalidated_when_the_source_changes(tree: Path, tmp_path: Path) -> None:
     archive = _make_tarball(tree, tmp_path / "tiny.tgz")
     cache = tmp_path / "cache"
