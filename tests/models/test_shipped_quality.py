@@ -93,9 +93,11 @@ def test_the_shipped_diffusion_model_denoises_held_out_images(real: tuple[torch.
     assert denoising_error(untrained, x, y) > DENOISING_CEILING
 
 
-# Of 30 guided 10-step DDIM samples, 3 per class; chance is 0.10. Measured: the shipped weights (v-prediction,
-# 23,616 images) 0.43; the weights they replaced (eps, 27,200 images) 0.23; a fresh UNet 0.10.
-AGREEMENT_FLOOR = 0.35
+# Of 30 guided 10-step DDIM samples, 3 per class; chance is 0.10. Measured on the standing run's exports
+# (v-prediction): 544,256 images (shipped) 0.80, 477,632 0.77, 329,472 0.67, 147,904 0.53, 72,192 0.43,
+# 23,616 0.43; the eps weights of 27,200 images the issue started from 0.23; a fresh UNet 0.10. The floor is
+# the diffusion quality issue's agreement target.
+AGREEMENT_FLOOR = 0.60
 
 
 def short_sample_agreement(pipeline: DiffusionPipeline, classifier: Classifier, steps: int) -> float:
