@@ -62,19 +62,20 @@ train-ebm: $(STAMP)
 
 ## train-ebm-continue: the EBM's standing run (recovery likelihood, training/train_ebm_recovery.py) in the
 ## background on one thread: resumes its state from ~/.cache/genservice/ebm-standing, else warm-starts from
-## models/ebm (from scratch if that is a persistent-CD energy); checkpoints every 5 minutes and on kill, and
-## exports into $(EBM_EXPORT) when it stops, not into models/ebm: it has no quality probe yet, and a longer run
-## once measured worse (models/README.md), so evaluate the export before copying it over the shipped weights.
+## models/ebm (from scratch if that is a persistent-CD energy); checkpoints every 5 minutes and on kill; every
+## 30 core-minutes it scores the served chain (N = 500) into models/ebm/history.jsonl and exports to models/ebm
+## only weights that beat the shipped ones (lower FID, agreement and worst-class diversity within noise).
 ## Log: runs/train-ebm-continue.log; stop: kill the pid.
 EBM_STATE ?= $(HOME)/.cache/genservice/ebm-standing
-EBM_EXPORT ?= runs/ebm-next
+EBM_EXPORT ?= models/ebm
 EBM_CONTINUE_ARGS ?= --max-minutes 170
 train-ebm-continue: $(STAMP)
 	mkdir -p runs
 	if [ -f "$(EBM_STATE)/checkpoint.pt" ]; then resume="$(EBM_STATE)"; \
 	elif grep -q '"recipe": "recovery-likelihood"' models/ebm/config.json; then resume=models/ebm; else resume=; fi; \
-	OMP_NUM_THREADS=1 nohup $(PY) -m training.train_ebm_recovery --threads 1 --device cpu --out "$(EBM_STATE)" --export "$(EBM_EXPORT)" \
-		$${resume:+--resume $$resume} --overwrite-export $(EBM_CONTINUE_ARGS) >runs/train-ebm-continue.log 2>&1 & \
+	OMP_NUM_THREADS=1 nohup $(PY) -m training.train_ebm_recovery --threads 1 --device cpu --out "$(EBM_STATE)" \
+		--export "$(EBM_EXPORT)" --export-if-better --probe-every-minutes 30 --history models/ebm/history.jsonl \
+		--run-name standing $${resume:+--resume $$resume} $(EBM_CONTINUE_ARGS) >runs/train-ebm-continue.log 2>&1 & \
 		echo $$! >runs/train-ebm-continue.pid
 	@echo "EBM standing run started: pid $$(cat runs/train-ebm-continue.pid), log runs/train-ebm-continue.log"
 

@@ -1,8 +1,9 @@
 """Quality probes during training: fixed-seed samples scored in the classifier's feature space.
 
-The trainer calls a `QualityProbe` at intervals: it samples N images with fixed seeds (image i: seed
-`seed + i`, label i % 10), scores FID and class agreement against the CIFAR-10 test split (the same
-feature space and reference as `training/evaluate.py`), and the result decides whether the run's EMA
+A trainer holds a `Prober` and calls it at intervals of training compute. Its `QualityProbe` samples N
+images with fixed seeds (image i: seed `seed + i`, label i % 10) from a diffusion or an energy-based
+pipeline, scores FID, class agreement and per-class diversity against the CIFAR-10 test split (the
+same feature space and reference as `training/evaluate.py`), and the result decides whether the run's
 weights replace the shipped ones (`beats`). Every probe is appended to a history file (JSON lines)
 that `plot_history` draws as the learning curve across every run on every machine.
 """
@@ -15,6 +16,7 @@ import logging
 import os
 import platform
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,6 +26,7 @@ import torch
 
 from shared.classifier import load_classifier
 from shared.diffusion.pipeline import DiffusionPipeline, SampleParams
+from shared.ebm.pipeline import EBMPipeline
 from training.data import load_image_dataset
 
 logger = logging.getLogger(__name__)
@@ -32,10 +35,15 @@ logger = logging.getLogger(__name__)
 # sqrt(0.25 / 500) = 0.022; a new export must not lose more agreement than that.
 AGREEMENT_TOLERANCE = 0.02
 
+Pipeline = DiffusionPipeline | EBMPipeline
+
 
 @dataclass(frozen=True)
 class ProbeSpec:
-    """What a probe samples; two probes are comparable only when their specs are equal."""
+    """What a probe samples; two probes are comparable only when their specs are equal.
+
+    For an energy-based model, sampler names its chain ("recovery" or "langevin"), steps the Langevin
+    steps (per level) and guidance_scale the guidance on the energy."""
 
     n: int = 500
     sampler: str = "ddim"
@@ -56,11 +64,30 @@ class QualityProbe:
 
         self.spec, self.batch_size = spec, batch_size
         self.classifier = load_classifier(classifier_dir, device="cpu")
-        reference = load_image_dataset(data, "test", cache_dir=data_cache).images[: spec.reference_size]
-        self.evaluator = FeatureSpaceEvaluator(self.classifier, reference, kid_subset_size=min(spec.n, 1000))
+        test = load_image_dataset(data, "test", cache_dir=data_cache)
+        self.evaluator = FeatureSpaceEvaluator(
+            self.classifier,
+            test.images[: spec.reference_size],
+            reference_labels=test.labels[: spec.reference_size],
+            kid_subset_size=min(spec.n, 1000),
+        )
         self.classifier_sha256 = str(self.classifier.card["sha256"])  # type: ignore[index]
 
-    def samples(self, pipeline: DiffusionPipeline) -> tuple[torch.Tensor, torch.Tensor]:
+    def _sample(self, pipeline: Pipeline, seeds: Sequence[int], labels: Sequence[int] | None) -> torch.Tensor:
+        if isinstance(pipeline, EBMPipeline):
+            guidance, steps = self.spec.guidance_scale, self.spec.steps
+            return pipeline.sample(pipeline.sample_params(seeds, labels, guidance_scale=guidance, steps=steps))
+        return pipeline.sample(
+            SampleParams(
+                seeds=tuple(seeds),
+                sampler=self.spec.sampler,  # type: ignore[arg-type]
+                steps=self.spec.steps,
+                labels=None if labels is None else tuple(labels),
+                guidance_scale=self.spec.guidance_scale,
+            )
+        )
+
+    def samples(self, pipeline: Pipeline) -> tuple[torch.Tensor, torch.Tensor]:
         """(images in [-1, 1] on the CPU, requested labels) for the spec's fixed seeds."""
         num_classes = pipeline.config.num_classes or 1
         seeds = [self.spec.seed + i for i in range(self.spec.n)]
@@ -68,28 +95,30 @@ class QualityProbe:
         images = []
         for start in range(0, self.spec.n, self.batch_size):
             chunk = slice(start, start + self.batch_size)
-            params = SampleParams(
-                seeds=tuple(seeds[chunk]),
-                sampler=self.spec.sampler,  # type: ignore[arg-type]
-                steps=self.spec.steps,
-                labels=tuple(labels[chunk]) if pipeline.config.num_classes else None,
-                guidance_scale=self.spec.guidance_scale,
-            )
-            images.append(pipeline.sample(params).cpu())
+            chunk_labels = labels[chunk] if pipeline.config.num_classes else None
+            images.append(self._sample(pipeline, seeds[chunk], chunk_labels).cpu())
         return torch.cat(images), torch.tensor(labels)
 
-    def score(self, pipeline: DiffusionPipeline) -> dict[str, Any]:
+    def score(self, pipeline: Pipeline) -> dict[str, Any]:
+        """FID, class agreement, mean and worst per-class diversity (labelled models), probe spec, feature space."""
         start = time.monotonic()
         images, labels = self.samples(pipeline)
         sampling = time.monotonic() - start
-        scores = self.evaluator.score(images, labels if pipeline.config.num_classes else None)
-        return {
-            "fid": round(scores.fid, 3),
-            "class_agreement": None if scores.class_agreement is None else round(scores.class_agreement, 4),
+        scores = self.evaluator.score(images, labels if pipeline.config.num_classes else None).to_dict()
+        row = {
+            "fid": round(scores["fid"], 3),
+            "class_agreement": None if scores.get("class_agreement") is None else round(scores["class_agreement"], 4),
             "sampling_seconds": round(sampling, 1),
             "probe": self.spec.to_dict(),
             "classifier_sha256": self.classifier_sha256[:12],
         }
+        if "diversity" in scores:
+            row |= {
+                "diversity": round(scores["diversity"], 4),
+                "diversity_min": round(scores["diversity_min"], 4),
+                "diversity_min_class": scores["diversity_min_class"],
+            }
+        return row
 
 
 def comparable(a: dict[str, Any] | None, b: dict[str, Any] | None) -> bool:
@@ -99,13 +128,19 @@ def comparable(a: dict[str, Any] | None, b: dict[str, Any] | None) -> bool:
     return a.get("probe") == b.get("probe") and a.get("classifier_sha256") == b.get("classifier_sha256")
 
 
-def beats(new: dict[str, Any], old: dict[str, Any] | None) -> bool:
-    """The new weights replace the old ones: a lower FID without losing class agreement beyond noise."""
+def beats(new: dict[str, Any], old: dict[str, Any] | None, diversity_tolerance: float | None = None) -> bool:
+    """The new weights replace the old ones: a lower FID without losing class agreement beyond noise, and
+    (with `diversity_tolerance`, when both scores have it) without losing more than that of the worst
+    class's diversity."""
     if not comparable(new, old):
         return old is None
     assert old is not None
     agreement_new, agreement_old = new.get("class_agreement") or 0.0, old.get("class_agreement") or 0.0
-    return new["fid"] < old["fid"] and agreement_new >= agreement_old - AGREEMENT_TOLERANCE
+    better = new["fid"] < old["fid"] and agreement_new >= agreement_old - AGREEMENT_TOLERANCE
+    worst_new, worst_old = new.get("diversity_min"), old.get("diversity_min")
+    if diversity_tolerance is not None and worst_new is not None and worst_old is not None:
+        better = better and worst_new >= worst_old - diversity_tolerance
+    return better
 
 
 def hardware() -> str:
@@ -171,3 +206,85 @@ def plot_history(rows: list[dict[str, Any]], out: str | os.PathLike[str], title:
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+class Prober:
+    """Scores a run's weights every `every_minutes` of training compute and exports those that beat the
+    shipped ones (`beats`); every probe becomes a row of the history file, re-plotted each time.
+
+    The trainer owns the clock (`due(seconds)`, seconds of training compute, probes excluded) and what a
+    probe needs of it: `__call__(pipeline, row, export, at_seconds)` scores `pipeline` (the run's serving
+    weights), writes `row` (images seen, compute, step, ...) with the score, and calls `export(quality)`
+    when the weights are better and exporting is on. The shipped model's score comes from its card
+    (`training.quality`), else `load_shipped(export_dir)` is probed once.
+    """
+
+    def __init__(
+        self,
+        spec: ProbeSpec,
+        *,
+        classifier: str,
+        data: str,
+        data_cache: str,
+        export_dir: str,
+        load_shipped: Callable[[str], Pipeline],
+        every_minutes: float | None,
+        history: str | None = None,
+        run_name: str = "run",
+        title: str = "",
+        export_if_better: bool = False,
+        diversity_tolerance: float | None = None,
+    ) -> None:
+        self.probe = QualityProbe(spec, classifier, data, data_cache)
+        self.export_dir, self.load_shipped = export_dir, load_shipped
+        self.history, self.run_name, self.title = history, run_name, title
+        self.export_if_better, self.diversity_tolerance = export_if_better, diversity_tolerance
+        self.interval = 60.0 * (every_minutes or 0.0)
+        self.last_at = 0.0
+        self._shipped: dict[str, Any] | None = None
+        self._shipped_known = False
+        self.exports = 0  # how many probes of this run exported
+
+    def due(self, train_seconds: float) -> bool:
+        return self.interval > 0 and train_seconds - self.last_at >= self.interval
+
+    def shipped(self) -> dict[str, Any] | None:
+        """The shipped model's score under this probe: from its card, else measured once (None: nothing shipped)."""
+        if self._shipped_known:
+            return self._shipped
+        card_path = Path(self.export_dir) / "config.json"
+        if card_path.is_file():
+            quality = json.loads(card_path.read_text()).get("training", {}).get("quality")
+            ours = {"probe": self.probe.spec.to_dict(), "classifier_sha256": self.probe.classifier_sha256[:12]}
+            if quality and comparable(quality, ours):
+                self._shipped = quality
+            else:
+                logger.info("probing the shipped weights in %s once (the card has no such score)", self.export_dir)
+                self._shipped = self.probe.score(self.load_shipped(self.export_dir))
+            logger.info("shipped: FID %.2f, class agreement %s", self._shipped["fid"], self._shipped["class_agreement"])
+        self._shipped_known = True
+        return self._shipped
+
+    def __call__(
+        self, pipeline: Pipeline, row: dict[str, Any], export: Callable[[dict[str, Any]], Any], at_seconds: float
+    ) -> dict[str, Any]:
+        """Probe now; append the row to the history; export when it beats the shipped model (and told to)."""
+        self.last_at = at_seconds
+        shipped = self.shipped() if self.export_if_better else None
+        quality = self.probe.score(pipeline)
+        exported = bool(self.export_if_better and beats(quality, shipped, self.diversity_tolerance))
+        row = {"run": self.run_name, **row, **quality, "exported": exported}
+        if self.history:
+            append_history(self.history, row)
+            plot_history(read_history(self.history), Path(self.history).with_suffix(".png"), self.title)
+        logger.info(
+            "probe at %d images: FID %.2f, class agreement %s, worst class diversity %s (shipped: %s)%s",
+            row["images_seen_total"], quality["fid"], quality["class_agreement"], quality.get("diversity_min"),
+            "none" if shipped is None else f"{shipped['fid']:.2f} / {shipped['class_agreement']}",
+            "; exporting" if exported else "",
+        )  # fmt: skip
+        if exported:
+            export(quality)
+            self._shipped = quality
+            self.exports += 1
+        return row

@@ -66,16 +66,7 @@ from training.common import (
     warmup_lambda,
 )
 from training.data import ImageDataset
-from training.quality import (
-    ProbeSpec,
-    QualityProbe,
-    append_history,
-    beats,
-    comparable,
-    hardware,
-    plot_history,
-    read_history,
-)
+from training.quality import Prober, ProbeSpec, hardware
 
 logger = logging.getLogger(__name__)
 
@@ -350,75 +341,39 @@ def train_step(
 HISTORY_TITLE = "diffusion: every probe of every run (N = 500, DDIM 20, guidance 3, classifier space)"
 
 
-class Prober:
-    """Scores the EMA weights every `probe_every_minutes` of training time; exports those that beat the shipped ones."""
+def make_prober(cfg: TrainConfig) -> Prober:
+    """Probes of the EMA weights every `probe_every_minutes` core-minutes (training/quality.py)."""
+    spec = ProbeSpec(n=cfg.probe_n, sampler=cfg.probe_sampler, steps=cfg.probe_steps, guidance_scale=cfg.probe_guidance)
+    return Prober(
+        spec,
+        classifier=cfg.classifier,
+        data=cfg.data,
+        data_cache=cfg.data_cache,
+        export_dir=cfg.export,
+        load_shipped=lambda d: DiffusionPipeline.from_pretrained(d, device="cpu"),
+        every_minutes=cfg.probe_every_minutes,
+        history=cfg.history,
+        run_name=cfg.run_name or Path(cfg.out).name,
+        title=HISTORY_TITLE,
+        export_if_better=cfg.export_if_better,
+    )
 
-    def __init__(self, cfg: TrainConfig) -> None:
-        spec = ProbeSpec(
-            n=cfg.probe_n, sampler=cfg.probe_sampler, steps=cfg.probe_steps, guidance_scale=cfg.probe_guidance
-        )
-        self.cfg, self.probe = cfg, QualityProbe(spec, cfg.classifier, cfg.data, cfg.data_cache)
-        self.interval = 60.0 * (cfg.probe_every_minutes or 0.0)
-        self.last_at = 0.0
-        self._shipped: dict[str, Any] | None = None
-        self._shipped_known = False
-        self.exports = 0  # how many probes of this run exported
 
-    def due(self, train_seconds: float) -> bool:
-        return self.interval > 0 and train_seconds - self.last_at >= self.interval
-
-    def shipped(self) -> dict[str, Any] | None:
-        """The shipped model's score under this probe: from its card, else measured once (None: nothing shipped)."""
-        if self._shipped_known:
-            return self._shipped
-        card_path = Path(self.cfg.export) / "config.json"
-        if card_path.is_file():
-            quality = json.loads(card_path.read_text()).get("training", {}).get("quality")
-            ours = {"probe": self.probe.spec.to_dict(), "classifier_sha256": self.probe.classifier_sha256[:12]}
-            if quality and comparable(quality, ours):
-                self._shipped = quality
-            else:
-                logger.info(
-                    "probing the shipped weights in %s once (no score for this probe in its card)", self.cfg.export
-                )
-                self._shipped = self.probe.score(DiffusionPipeline.from_pretrained(self.cfg.export, device="cpu"))
-            logger.info("shipped: FID %.2f, class agreement %s", self._shipped["fid"], self._shipped["class_agreement"])
-        self._shipped_known = True
-        return self._shipped
-
-    def __call__(self, state: TrainState, summary_now: dict[str, Any]) -> dict[str, Any]:
-        """Probe now; append the row to the history; export when it beats the shipped model (and told to)."""
-        self.last_at = state.core_seconds
-        shipped = self.shipped() if self.cfg.export_if_better else None
-        pipeline = DiffusionPipeline(state.ema.module, state.diffusion)  # type: ignore[arg-type]
-        quality = self.probe.score(pipeline)
-        state.unet.train()
-        better = beats(quality, shipped)
-        exported = bool(self.cfg.export_if_better and better)
-        row = {
-            "run": self.cfg.run_name or Path(self.cfg.out).name,
-            "images_seen_total": summary_now["images_seen_total"],
-            "core_minutes": round(state.core_minutes_total, 2),
-            "wall_minutes_total": summary_now["wall_minutes_total"],
-            "hardware": summary_now["hardware"],
-            "step": state.step,
-            **quality,
-            "exported": exported,
-        }
-        if self.cfg.history:
-            append_history(self.cfg.history, row)
-            plot_history(read_history(self.cfg.history), Path(self.cfg.history).with_suffix(".png"), HISTORY_TITLE)
-        logger.info(
-            "probe at %d images: FID %.2f, class agreement %s (shipped: %s)%s",
-            row["images_seen_total"], quality["fid"], quality["class_agreement"],
-            "none" if shipped is None else f"{shipped['fid']:.2f} / {shipped['class_agreement']}",
-            "; exporting" if exported else "",
-        )  # fmt: skip
-        if exported:
-            export(state, self.cfg, {**summary_now, "quality": quality})
-            self._shipped = quality
-            self.exports += 1
-        return row
+def probe(prober: Prober, state: TrainState, cfg: TrainConfig, summary_now: dict[str, Any]) -> dict[str, Any]:
+    """Score the EMA weights now; export them if they beat the shipped ones."""
+    row = {
+        "images_seen_total": summary_now["images_seen_total"],
+        "core_minutes": round(state.core_minutes_total, 2),
+        "wall_minutes_total": summary_now["wall_minutes_total"],
+        "hardware": summary_now["hardware"],
+        "step": state.step,
+    }
+    pipeline = DiffusionPipeline(state.ema.module, state.diffusion)  # type: ignore[arg-type]
+    result = prober(
+        pipeline, row, lambda quality: export(state, cfg, {**summary_now, "quality": quality}), state.core_seconds
+    )
+    state.unet.train()
+    return result
 
 
 def export(state: TrainState, cfg: TrainConfig, result: dict[str, Any], directory: str | Path | None = None) -> Path:
@@ -449,7 +404,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     state = init_state(cfg, dataset, device)
     model: nn.Module = torch.compile(state.unet) if cfg.compile else state.unet
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    prober = Prober(cfg) if cfg.probe_every_minutes else None
+    prober = make_prober(cfg) if cfg.probe_every_minutes else None
     if prober is not None:
         prober.last_at = state.core_seconds  # a resumed run probes one interval after it resumed
 
@@ -507,7 +462,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                     now = summary(state, cfg, steps_per_epoch, loss_ema, budget.elapsed)
                     export(state, cfg, {**now, "core_minutes": minute}, out / "snapshots" / f"min_{minute:03d}")
                 if prober is not None and prober.due(state.core_seconds):
-                    prober(state, summary(state, cfg, steps_per_epoch, loss_ema, budget.elapsed))
+                    probe(prober, state, cfg, summary(state, cfg, steps_per_epoch, loss_ema, budget.elapsed))
                 if budget.exhausted():
                     reason = f"time budget of {cfg.max_minutes} minutes reached"
                     break
@@ -529,7 +484,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         # Only a probe decides; a stop signal means "stop now", so it skips the final probe.
         due = prober is not None and not interrupted and state.core_seconds > prober.last_at
         if due and prober is not None:
-            prober(state, result)
+            probe(prober, state, cfg, result)
         logger.info("checkpoint in %s; the shipped weights change only when a probe beats them", out)
         return {**result, "exported": bool(prober and prober.exports)}
     grid = sample_grid(state, cfg, out / "samples" / f"step_{state.step:07d}.png")

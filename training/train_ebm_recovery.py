@@ -19,6 +19,11 @@ The export's card serves the chain with --serve-guidance: E(y) + w (E(y, c) - E(
 
 Checkpoints (weights, EMA, optimizer, data position, RNG) go to --out every --checkpoint-minutes and
 on SIGTERM/SIGINT; a non-finite step restores the last checkpoint and halves the learning rate.
+
+With --probe-every-minutes the served chain is scored every that many core-minutes of training
+(training/quality.py: N fixed seeds, FID, class agreement, worst-class diversity), each probe appended
+to --history; with --export-if-better only weights that beat the shipped ones on all three are
+exported (the standing run, `make train-ebm-continue`), else the run exports when it stops.
 """
 
 from __future__ import annotations
@@ -72,6 +77,7 @@ from training.common import (
     warmup_lambda,
 )
 from training.data import ImageDataset
+from training.quality import Prober, ProbeSpec, hardware
 from training.train_ebm import diverged
 
 logger = logging.getLogger(__name__)
@@ -109,6 +115,14 @@ class TrainConfig(RunConfig):
     checkpoint_minutes: float = 5.0
     sample_images: int = 20
     threads: int | None = None
+    # quality probes (training/quality.py) and the standing run's export rule
+    probe_every_minutes: float | None = None
+    probe_n: int = 500
+    classifier: str = str(REPO_ROOT / "models" / "classifier")
+    history: str | None = None
+    run_name: str = ""
+    export_if_better: bool = False
+    diversity_tolerance: float = 0.05
 
 
 HELP = {
@@ -127,6 +141,13 @@ HELP = {
     "divergence_threshold": "mean |energy| above which a step counts as diverged",
     "checkpoint_minutes": "wall minutes between checkpoints (also on SIGTERM / SIGINT)",
     "threads": "torch CPU threads (default: torch's)",
+    "probe_every_minutes": "score the served chain on fixed seeds every this many core-minutes of training",
+    "probe_n": "images per probe (seeds 0..N-1, label i %% 10; the card's chain and guidance)",
+    "classifier": "the feature network of the probes",
+    "history": "JSON-lines file each probe is appended to (models/ebm/history.jsonl for the standing run)",
+    "run_name": "the run's name in the history file",
+    "export_if_better": "export only weights whose probe beats the shipped model's (same probe), never at the end",
+    "diversity_tolerance": "how much of the worst class's diversity an export may lose (with --export-if-better)",
 }
 
 
@@ -144,6 +165,14 @@ class TrainState:
     @property
     def serving_net(self) -> EnergyNet:
         return self.ema.module if self.ema is not None else self.net  # type: ignore[return-value]
+
+    @property
+    def core_seconds(self) -> float:
+        """Training compute of this run and the runs it continues (CPU process time, probes excluded)."""
+        return float(self.history.get("core_seconds", 0.0))
+
+    def add_core_seconds(self, seconds: float) -> None:
+        self.history["core_seconds"] = self.core_seconds + seconds
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -198,6 +227,8 @@ def init_state(cfg: TrainConfig, dataset: ImageDataset, device: torch.device) ->
         state.history = {
             "images_seen_before": before.get("images_seen_total", 0),
             "wall_minutes_before": before.get("wall_minutes_total", 0.0),
+            # cards without core minutes come from one-thread runs, whose wall time is their core time
+            "core_minutes_before": before.get("core_minutes", before.get("wall_minutes_total", 0.0)),
             "warm_started_from": warm.card.get("sha256", ""),
         }
         logger.info("warm start from %s (%d images seen before)", cfg.resume, state.history["images_seen_before"])
@@ -279,10 +310,8 @@ def recover(state: TrainState, cfg: TrainConfig, reason: str) -> None:
 
 def sample_grid(state: TrainState, cfg: TrainConfig, path: Path) -> Path:
     """The served chain from fixed seeds; a column per class."""
-    net = state.serving_net
-    sampling = {**dataclasses.asdict(chain_params(cfg, serving=True)), "guidance_scale": cfg.serve_guidance}
-    pipeline = EBMPipeline(net, {"sampling": sampling})
-    num_classes = net.config.num_classes or 1
+    pipeline = serving_pipeline(state, cfg)
+    num_classes = pipeline.config.num_classes or 1
     labels = [k % num_classes for k in range(cfg.sample_images)]
     images = to_uint8(pipeline.sample(pipeline.sample_params(range(cfg.sample_images), labels)))
     state.net.train()
@@ -301,6 +330,8 @@ def summary(state: TrainState, cfg: TrainConfig, terms: RecoveryTerms | None, se
         "images_seen_total": images + state.history.get("images_seen_before", 0),
         "warm_started_from": state.history.get("warm_started_from"),
         "wall_minutes_total": round(minutes, 1),
+        "core_minutes": round(state.history.get("core_minutes_before", 0.0) + state.core_seconds / 60, 2),
+        "hardware": hardware(),
         "energy_pos": terms.energy_pos if terms else None,
         "energy_neg": terms.energy_neg if terms else None,
         "restores": state.restores,
@@ -320,8 +351,63 @@ def summary(state: TrainState, cfg: TrainConfig, terms: RecoveryTerms | None, se
     }
 
 
+HISTORY_TITLE = "EBM: every probe of every run (N = 500, the card's chain, classifier space)"
+
+
+def make_prober(cfg: TrainConfig) -> Prober:
+    """Probes of the served chain (the card's K, b^2, noise and guidance) every `probe_every_minutes`."""
+    spec = ProbeSpec(n=cfg.probe_n, sampler="recovery", steps=cfg.chain_steps, guidance_scale=cfg.serve_guidance)
+    return Prober(
+        spec,
+        classifier=cfg.classifier,
+        data=cfg.data,
+        data_cache=cfg.data_cache,
+        export_dir=cfg.export,
+        load_shipped=lambda d: EBMPipeline.from_pretrained(d, device="cpu"),
+        every_minutes=cfg.probe_every_minutes,
+        history=cfg.history,
+        run_name=cfg.run_name or Path(cfg.out).name,
+        title=HISTORY_TITLE,
+        export_if_better=cfg.export_if_better,
+        diversity_tolerance=cfg.diversity_tolerance,
+    )
+
+
+def serving_pipeline(state: TrainState, cfg: TrainConfig) -> EBMPipeline:
+    """The run's serving weights with the chain and guidance its card will name."""
+    sampling = {**dataclasses.asdict(chain_params(cfg, serving=True)), "guidance_scale": cfg.serve_guidance}
+    recovery = {"beta_start": state.schedule.beta_start, "beta_end": state.schedule.beta_end}
+    return EBMPipeline(state.serving_net, {"sampling": sampling, "recovery": recovery})
+
+
+def save_export(state: TrainState, cfg: TrainConfig, result: dict[str, Any], directory: str | Path) -> Path:
+    pipeline = EBMPipeline(state.serving_net)
+    serving = chain_params(cfg, serving=True)
+    return pipeline.save_pretrained(directory, training=result, sampling=serving, guidance_scale=cfg.serve_guidance)
+
+
+def probe(prober: Prober, state: TrainState, cfg: TrainConfig, result: dict[str, Any]) -> dict[str, Any]:
+    """Score the served chain now; export the weights (card + sample grid) if they beat the shipped ones."""
+    row = {key: result[key] for key in ("images_seen_total", "core_minutes", "wall_minutes_total", "hardware", "steps")}
+
+    def export(quality: dict[str, Any]) -> None:
+        out = save_export(state, cfg, {**result, "quality": quality}, cfg.export)
+        sample_grid(state, cfg, out / "samples.png")
+        logger.info("exported the EBM's weights to %s", out)
+
+    row = prober(serving_pipeline(state, cfg), row, export, state.core_seconds)
+    state.net.train()
+    return row
+
+
 def run_steps(
-    state: TrainState, dataset: ImageDataset, cfg: TrainConfig, device: torch.device, total: int, budget: Budget
+    state: TrainState,
+    dataset: ImageDataset,
+    cfg: TrainConfig,
+    device: torch.device,
+    total: int,
+    budget: Budget,
+    prober: Prober | None = None,
 ) -> tuple[RecoveryTerms | None, str]:
     terms: RecoveryTerms | None = None
     last_checkpoint = time.monotonic()
@@ -331,7 +417,9 @@ def run_steps(
             for x, labels in epochs_of_batches(dataset, cfg.batch_size, cfg.seed, device, lambda: state.step):
                 if state.step >= total:
                     break
+                step_start = time.process_time()
                 step_terms = train_step(state, x, labels, cfg)
+                state.add_core_seconds(time.process_time() - step_start)
                 problem = diverged(step_terms, cfg.divergence_threshold) or (  # type: ignore[arg-type]
                     None if all_finite(state.net) else "the weights hold non-finite values"
                 )
@@ -347,6 +435,8 @@ def run_steps(
                 if time.monotonic() - last_checkpoint > 60 * cfg.checkpoint_minutes:
                     save_checkpoint(Path(cfg.out), checkpoint_state(state, cfg))
                     last_checkpoint = time.monotonic()
+                if prober is not None and prober.due(state.core_seconds):
+                    probe(prober, state, cfg, summary(state, cfg, terms, budget.elapsed))
                 if budget.exhausted():
                     return terms, f"time budget of {cfg.max_minutes} minutes reached"
     except StopSignalError as exc:
@@ -372,24 +462,26 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         "recovery likelihood: %d parameters on %s, T=%d levels x K=%d steps, batch %d, up to step %d",
         count_parameters(state.net), device, state.schedule.num_levels, cfg.chain_steps, cfg.batch_size, total,
     )  # fmt: skip
+    prober = make_prober(cfg) if cfg.probe_every_minutes else None
+    if prober is not None:
+        prober.last_at = state.core_seconds  # a resumed run probes one interval after it resumed
     budget = Budget(cfg.max_minutes)
     with stop_on_signals():
-        terms, reason = run_steps(state, dataset, cfg, device, total, budget)
+        terms, reason = run_steps(state, dataset, cfg, device, total, budget, prober)
     logger.info("stopping at step %d: %s", state.step, reason)
     if not all_finite(state.net):
         raise DivergenceError(f"the weights hold non-finite values at step {state.step}")
     result = summary(state, cfg, terms, budget.elapsed)
     state.history["wall_minutes_before"] = result["wall_minutes_total"]
     save_checkpoint(out, checkpoint_state(state, cfg))
+    if cfg.export_if_better:
+        # Only a probe decides; a stop signal means "stop now", so it skips the final probe.
+        if prober is not None and not reason.startswith("stopped") and state.core_seconds > prober.last_at:
+            probe(prober, state, cfg, result)
+        logger.info("checkpoint in %s; the shipped weights change only when a probe beats them", out)
+        return {**result, "exported": bool(prober and prober.exports)}
     grid = sample_grid(state, cfg, out / "samples" / f"step_{state.step:07d}.png")
-    pipeline = EBMPipeline(state.serving_net)
-    serving = chain_params(cfg, serving=True)
-    return export_run(
-        cfg,
-        result,
-        grid,
-        lambda d: pipeline.save_pretrained(d, training=result, sampling=serving, guidance_scale=cfg.serve_guidance),
-    )
+    return export_run(cfg, result, grid, lambda d: save_export(state, cfg, result, d))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,5 +1,5 @@
-"""The standing diffusion run: probes that decide exports, the history file and its plot, where a run
-starts (saved state, shipped weights, scratch), a stop signal that checkpoints, and EDM's EMA rule."""
+"""The standing runs: probes that decide exports (diffusion and EBM), the history file and its plot, where a
+run starts (saved state, shipped weights, scratch), a stop signal that checkpoints, and EDM's EMA rule."""
 
 from __future__ import annotations
 
@@ -20,8 +20,10 @@ from shared.classifier import Classifier, ClassifierConfig, load_classifier, sav
 from shared.diffusion.pipeline import DiffusionPipeline
 from shared.diffusion.process import DiffusionConfig, GaussianDiffusion
 from shared.diffusion.unet import UNet, UNetConfig
+from shared.ebm.energy import EnergyConfig, EnergyNet
+from shared.ebm.pipeline import EBMPipeline
 from tests.training.conftest import two_class_folder
-from training import quality
+from training import quality, train_ebm_recovery
 from training.common import REPO_ROOT, load_checkpoint, make_ema
 from training.continue_diffusion import RECIPE, recipe_architecture, shipped_matches, starting_point
 from training.quality import ProbeSpec, QualityProbe, append_history, beats, plot_history, read_history
@@ -119,6 +121,60 @@ def test_probes_export_only_weights_that_beat_the_shipped_ones(setup: dict[str, 
     assert read_history(cfg.history)[-1]["exported"] is True  # type: ignore[arg-type]
 
 
+def ebm_config(setup: dict[str, Path], tmp_path: Path, **overrides: object) -> train_ebm_recovery.TrainConfig:
+    base = train_ebm_recovery.TrainConfig(
+        data=str(setup["data"]), data_cache=str(setup["root"] / "cache"), out=str(tmp_path / "ebm-state"),
+        export=str(tmp_path / "ebm-shipped"), batch_size=8, base_channels=8, channel_mult=(1, 2), levels=3,
+        chain_steps=2, sample_images=4, device="cpu", lr=1e-3, warmup_steps=1, serve_guidance=2.0,
+        classifier=str(setup["classifier"]), probe_n=6, history=str(tmp_path / "ebm-history.jsonl"),
+        run_name="ebm-test", export_if_better=True, probe_every_minutes=1e-9,  # a probe after every step
+    )  # fmt: skip
+    return dataclasses.replace(base, **overrides)  # type: ignore[arg-type]
+
+
+def ship_ebm(directory: Path, quality_block: dict) -> dict[str, bytes]:
+    """A shipped tiny recovery-likelihood EBM whose card claims `quality_block`; returns its files' bytes."""
+    torch.manual_seed(1)
+    energy = EnergyConfig(base_channels=8, channel_mult=(1, 2), num_classes=2, class_names=CLASSES, num_levels=3)
+    training = {"images_seen_total": 8, "wall_minutes_total": 1.0, "ce_weight": 1.0, "quality": quality_block}
+    EBMPipeline(EnergyNet(energy)).save_pretrained(directory, training=training, guidance_scale=2.0)
+    return {p.name: p.read_bytes() for p in directory.iterdir()}
+
+
+def test_the_ebm_run_exports_only_weights_that_beat_the_shipped_ones(setup: dict[str, Path], tmp_path: Path) -> None:
+    cfg = ebm_config(setup, tmp_path, max_steps=3)
+    spec = ProbeSpec(n=6, sampler="recovery", steps=2, guidance_scale=2.0).to_dict()  # the card's chain
+    sha = load_classifier(str(setup["classifier"])).card["sha256"][:12]  # type: ignore[index]
+    shipped = Path(cfg.export)
+    unbeatable = {"fid": -1.0, "class_agreement": 1.0, "diversity_min": 1.0, "probe": spec, "classifier_sha256": sha}
+    before = ship_ebm(shipped, unbeatable)
+    cfg = dataclasses.replace(cfg, resume=str(shipped))  # a new machine's standing run: warm start from what ships
+    result = train_ebm_recovery.train(cfg)
+    assert result["exported"] is False
+    assert {p.name: p.read_bytes() for p in shipped.iterdir()} == before
+    rows = read_history(cfg.history)  # type: ignore[arg-type]
+    assert [r["steps"] for r in rows] == [1, 2, 3] and all(r["run"] == "ebm-test" for r in rows)
+    assert [r["images_seen_total"] for r in rows] == [16, 24, 32]  # warm start from the 8 images of the card
+    assert all(r["probe"] == spec and 0 < r["diversity_min"] <= r["diversity"] for r in rows)
+    assert rows[-1]["core_minutes"] >= rows[0]["core_minutes"] >= 1.0  # the card's minute, then this run's compute
+    assert load_checkpoint(cfg.out)["history"]["core_seconds"] > 0  # training compute, kept across resumes
+    assert (tmp_path / "ebm-history.png").read_bytes()[:4] == b"\x89PNG"
+
+    low_fid = {**unbeatable, "fid": 1e9, "class_agreement": 0.0}
+    ship_ebm(shipped, {**low_fid, "diversity_min": 1e9})  # a lower FID, but the worst class would lose diversity
+    assert (
+        train_ebm_recovery.train(dataclasses.replace(cfg, out=str(tmp_path / "s2"), max_steps=1))["exported"] is False
+    )
+    ship_ebm(shipped, {**low_fid, "diversity_min": 0.0})  # now anything beats it
+    result = train_ebm_recovery.train(dataclasses.replace(cfg, out=str(tmp_path / "s3"), max_steps=1))
+    assert result["exported"] is True
+    card = json.loads((shipped / "config.json").read_text())
+    assert card["training"]["quality"]["fid"] < 1e9 and card["training"]["quality"]["probe"] == spec
+    assert card["recipe"] == "recovery-likelihood" and card["sampling"]["guidance_scale"] == 2.0
+    assert (shipped / "samples.png").is_file()
+    assert read_history(cfg.history)[-1]["exported"] is True  # type: ignore[arg-type]
+
+
 def test_beats_needs_a_lower_fid_without_losing_agreement() -> None:
     spec = {"probe": ProbeSpec().to_dict(), "classifier_sha256": "abc"}
     old = {**spec, "fid": 50.0, "class_agreement": 0.40}
@@ -133,6 +189,10 @@ def test_beats_needs_a_lower_fid_without_losing_agreement() -> None:
     }
     assert not beats(other, old)  # another probe: not comparable, never replaces a scored model
     assert beats(other, None)  # nothing shipped yet
+    diverse = {**old, "diversity_min": 0.50}
+    assert beats({**spec, "fid": 49.0, "class_agreement": 0.40, "diversity_min": 0.46}, diverse, 0.05)
+    assert not beats({**spec, "fid": 49.0, "class_agreement": 0.40, "diversity_min": 0.44}, diverse, 0.05)
+    assert beats({**spec, "fid": 49.0, "class_agreement": 0.40, "diversity_min": 0.10}, diverse)  # not asked to
 
 
 def test_the_probe_scores_fixed_seeds_and_separates_models(setup: dict[str, Path], tmp_path: Path) -> None:
