@@ -245,6 +245,32 @@ class Prober:
         self._shipped_known = False
         self.exports = 0  # how many probes of this run exported
 
+    @classmethod
+    def for_run(
+        cls,
+        cfg: Any,
+        spec: ProbeSpec,
+        load_shipped: Callable[[str], Pipeline],
+        title: str,
+        diversity_tolerance: float | None = None,
+    ) -> Prober:
+        """A trainer's prober from its config's flags: classifier, data, data_cache, export, out,
+        probe_every_minutes, history, run_name, export_if_better."""
+        return cls(
+            spec,
+            classifier=cfg.classifier,
+            data=cfg.data,
+            data_cache=cfg.data_cache,
+            export_dir=cfg.export,
+            load_shipped=load_shipped,
+            every_minutes=cfg.probe_every_minutes,
+            history=cfg.history,
+            run_name=cfg.run_name or Path(cfg.out).name,
+            title=title,
+            export_if_better=cfg.export_if_better,
+            diversity_tolerance=diversity_tolerance,
+        )
+
     def due(self, train_seconds: float) -> bool:
         return self.interval > 0 and train_seconds - self.last_at >= self.interval
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -344,19 +345,7 @@ HISTORY_TITLE = "diffusion: every probe of every run (N = 500, DDIM 20, guidance
 def make_prober(cfg: TrainConfig) -> Prober:
     """Probes of the EMA weights every `probe_every_minutes` core-minutes (training/quality.py)."""
     spec = ProbeSpec(n=cfg.probe_n, sampler=cfg.probe_sampler, steps=cfg.probe_steps, guidance_scale=cfg.probe_guidance)
-    return Prober(
-        spec,
-        classifier=cfg.classifier,
-        data=cfg.data,
-        data_cache=cfg.data_cache,
-        export_dir=cfg.export,
-        load_shipped=lambda d: DiffusionPipeline.from_pretrained(d, device="cpu"),
-        every_minutes=cfg.probe_every_minutes,
-        history=cfg.history,
-        run_name=cfg.run_name or Path(cfg.out).name,
-        title=HISTORY_TITLE,
-        export_if_better=cfg.export_if_better,
-    )
+    return Prober.for_run(cfg, spec, functools.partial(DiffusionPipeline.from_pretrained, device="cpu"), HISTORY_TITLE)
 
 
 def probe(prober: Prober, state: TrainState, cfg: TrainConfig, summary_now: dict[str, Any]) -> dict[str, Any]:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import logging
 import time
 from collections.abc import Sequence
@@ -357,20 +358,8 @@ HISTORY_TITLE = "EBM: every probe of every run (N = 500, the card's chain, class
 def make_prober(cfg: TrainConfig) -> Prober:
     """Probes of the served chain (the card's K, b^2, noise and guidance) every `probe_every_minutes`."""
     spec = ProbeSpec(n=cfg.probe_n, sampler="recovery", steps=cfg.chain_steps, guidance_scale=cfg.serve_guidance)
-    return Prober(
-        spec,
-        classifier=cfg.classifier,
-        data=cfg.data,
-        data_cache=cfg.data_cache,
-        export_dir=cfg.export,
-        load_shipped=lambda d: EBMPipeline.from_pretrained(d, device="cpu"),
-        every_minutes=cfg.probe_every_minutes,
-        history=cfg.history,
-        run_name=cfg.run_name or Path(cfg.out).name,
-        title=HISTORY_TITLE,
-        export_if_better=cfg.export_if_better,
-        diversity_tolerance=cfg.diversity_tolerance,
-    )
+    load = functools.partial(EBMPipeline.from_pretrained, device="cpu")
+    return Prober.for_run(cfg, spec, load, HISTORY_TITLE, diversity_tolerance=cfg.diversity_tolerance)
 
 
 def serving_pipeline(state: TrainState, cfg: TrainConfig) -> EBMPipeline:
