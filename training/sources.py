@@ -196,6 +196,7 @@ def cache_key(spec: SourceSpec, repo_root: Path) -> str:
         model = spec.untrained_of if spec.model == "untrained" else spec.model
         directory = spec.weights or default_weights(model, repo_root)
         fields["sha256"] = _weights_sha(directory)
+        fields["weights"] = None  # the hashes name the weights: a copy in another folder reuses their samples
         # the card too: its sampling block (e.g. the EBM's serving chain) shapes the images as much as the weights
         fields["card_sha256"] = file_sha256(Path(directory) / CARD_FILE)
         if model == "ebm":  # the guidance the chain runs (None: the card's), under a name older keys never had

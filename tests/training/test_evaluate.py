@@ -125,6 +125,10 @@ def test_the_sample_cache_is_keyed_by_the_model_card_as_well_as_the_weights(tmp_
     spec = SourceSpec(model="ebm", n=4, weights=str(directory))
     before = cache_key(spec, tmp_path)
     assert cache_key(spec, tmp_path) == before  # same weights, same card: the cache is reused
+    import shutil
+
+    copy = shutil.copytree(directory, tmp_path / "elsewhere" / "ebm-copy")
+    assert cache_key(SourceSpec(model="ebm", n=4, weights=str(copy)), tmp_path) == before  # the files, not the folder
     card = json.loads((directory / "config.json").read_text())
     card["sampling"]["step_size"] = 4.0
     (directory / "config.json").write_text(json.dumps(card))
