@@ -6,7 +6,10 @@ same on every run and any image can be re-made alone.
 
 Samples are cached under `cache_dir` as safetensors keyed by everything that determines them
 (weights sha256, sampler settings, seeds, labels), so a later run, e.g. with a retrained classifier,
-scores the same images without sampling again.
+scores the same images without sampling again. While a model's row is being sampled, each finished
+batch is kept in `<key>.partial/` (`BatchStore`): a long row (a 1000-step DDPM row takes hours on
+this CPU) that is stopped resumes from its last finished batch, and reports the sampling time of all
+its batches, not of its last session.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -86,18 +90,60 @@ def requested_labels(class_label: str | None, n: int, num_classes: int | None, r
     return [resolve(class_label)] * n
 
 
+@dataclass
+class BatchStore:
+    """The finished batches of one row, on disk: a stopped row resumes from its last finished batch.
+
+    `seconds` adds up the sampling time of every batch of the row, whichever run made it."""
+
+    directory: Path
+    seconds: float = 0.0
+    resumed: int = 0  # batches found on disk
+
+    def get(self, chunk: slice, make: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """The uint8 images of `chunk`: from disk, else `make()`d, timed and written before returning."""
+        path = self.directory / f"{chunk.start:07d}-{chunk.stop:07d}.safetensors"
+        if path.is_file():
+            with safe_open(str(path), framework="pt") as f:
+                self.seconds += float(f.metadata()["seconds"])
+                self.resumed += 1
+                return f.get_tensor("images")
+        start = time.monotonic()
+        images = make()
+        seconds = time.monotonic() - start
+        self.directory.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".tmp")
+        save_file({"images": images.contiguous()}, str(partial), metadata={"seconds": repr(seconds)})
+        partial.replace(path)  # a batch file is whole or absent, even if the run is killed while writing
+        self.seconds += seconds
+        return images
+
+
 def _in_batches(
-    n: int, batch_size: int, seed: int, desc: str, make: Callable[[tuple[int, ...], slice], torch.Tensor]
+    n: int,
+    batch_size: int,
+    seed: int,
+    desc: str,
+    make: Callable[[tuple[int, ...], slice], torch.Tensor],
+    store: BatchStore | None = None,
 ) -> torch.Tensor:
     seeds = seeds_from(seed, n)
     out = []
     for start in tqdm(range(0, n, batch_size), desc=desc, unit="batch", mininterval=10):
         chunk = slice(start, min(n, start + batch_size))
-        out.append(to_uint8(make(seeds[chunk], chunk)))
+
+        def one(chunk: slice = chunk) -> torch.Tensor:
+            return to_uint8(make(seeds[chunk], chunk))
+
+        out.append(one() if store is None else store.get(chunk, one))
+    if store is not None and store.resumed:
+        logger.info("%s: %d of %d batches resumed from %s", desc, store.resumed, len(out), store.directory)
     return torch.cat(out)
 
 
-def _diffusion(spec: SourceSpec, pipeline: DiffusionPipeline) -> tuple[torch.Tensor, list, dict]:
+def _diffusion(
+    spec: SourceSpec, pipeline: DiffusionPipeline, store: BatchStore | None = None
+) -> tuple[torch.Tensor, list, dict]:
     labels = requested_labels(spec.class_label, spec.n, pipeline.config.num_classes, pipeline.resolve_label)
     steps = spec.steps or (pipeline.diffusion.num_timesteps if spec.sampler == "ddpm" else 100)
     params: dict[str, Any] = dict(sampler=spec.sampler, steps=steps, guidance_scale=spec.guidance_scale)
@@ -107,11 +153,11 @@ def _diffusion(spec: SourceSpec, pipeline: DiffusionPipeline) -> tuple[torch.Ten
     def make(seeds: tuple[int, ...], chunk: slice) -> torch.Tensor:
         return pipeline.sample(SampleParams(seeds=seeds, labels=tuple(labels[chunk]), **params))  # type: ignore[arg-type]
 
-    images = _in_batches(spec.n, spec.batch_size, spec.seed, spec.model, make)
+    images = _in_batches(spec.n, spec.batch_size, spec.seed, spec.model, make, store)
     return images, labels, {**params, "runtime": pipeline.runtime.describe()}
 
 
-def _ebm(spec: SourceSpec, pipeline: EBMPipeline) -> tuple[torch.Tensor, list, dict]:
+def _ebm(spec: SourceSpec, pipeline: EBMPipeline, store: BatchStore | None = None) -> tuple[torch.Tensor, list, dict]:
     labels = requested_labels(spec.class_label, spec.n, pipeline.config.num_classes, pipeline.resolve_label)
 
     def params(seeds: tuple[int, ...], chunk: slice) -> EBMSampleParams:  # the card's chain and guidance
@@ -124,23 +170,25 @@ def _ebm(spec: SourceSpec, pipeline: EBMPipeline) -> tuple[torch.Tensor, list, d
         "langevin": {**dataclasses.asdict(first.langevin), "clamp": list(first.langevin.clamp or ())},
         "guidance_scale": first.guidance_scale,
     }
-    images = _in_batches(
-        spec.n, spec.batch_size, spec.seed, spec.model, lambda seeds, chunk: pipeline.sample(params(seeds, chunk))
-    )
+
+    def make(seeds: tuple[int, ...], chunk: slice) -> torch.Tensor:
+        return pipeline.sample(params(seeds, chunk))
+
+    images = _in_batches(spec.n, spec.batch_size, spec.seed, spec.model, make, store)
     return images, labels, info
 
 
-def _untrained(spec: SourceSpec, directory: str) -> tuple[torch.Tensor, list, dict]:
+def _untrained(spec: SourceSpec, directory: str, store: BatchStore | None = None) -> tuple[torch.Tensor, list, dict]:
     """The trained model's architecture and sampler with freshly initialised weights (seeded)."""
     torch.manual_seed(spec.seed)
     if spec.untrained_of == "diffusion":
         trained = DiffusionPipeline.from_pretrained(directory, device=spec.device)
         unet = UNet(trained.config).to(trained.device)
-        images, labels, params = _diffusion(spec, DiffusionPipeline(unet, trained.diffusion))
+        images, labels, params = _diffusion(spec, DiffusionPipeline(unet, trained.diffusion), store)
     else:
         trained_ebm = EBMPipeline.from_pretrained(directory, device=spec.device)
         net = EnergyNet(trained_ebm.config).to(trained_ebm.device)
-        images, labels, params = _ebm(spec, EBMPipeline(net, trained_ebm.card))
+        images, labels, params = _ebm(spec, EBMPipeline(net, trained_ebm.card), store)
     return images, labels, {**params, "init_seed": spec.seed, "architecture_of": directory}
 
 
@@ -166,19 +214,21 @@ def _weights_sha(directory: str) -> str:
     return file_sha256(Path(directory) / WEIGHTS_FILE)
 
 
-def make_samples(spec: SourceSpec, repo_root: Path, num_classes: int = 10) -> tuple[torch.Tensor, list, dict]:
-    """Images, requested labels and what made them, for any source."""
+def make_samples(
+    spec: SourceSpec, repo_root: Path, num_classes: int = 10, store: BatchStore | None = None
+) -> tuple[torch.Tensor, list, dict]:
+    """Images, requested labels and what made them, for any source; model rows keep their batches in `store`."""
     model = spec.untrained_of if spec.model == "untrained" else spec.model
     directory = spec.weights or default_weights(model, repo_root)
     if spec.model == "diffusion":
         pipeline = DiffusionPipeline.from_pretrained(
             directory, device=spec.device, runtime=spec.runtime, precision=spec.precision
         )
-        result = _diffusion(spec, pipeline)
+        result = _diffusion(spec, pipeline, store)
     elif spec.model == "ebm":
-        result = _ebm(spec, EBMPipeline.from_pretrained(directory, device=spec.device))
+        result = _ebm(spec, EBMPipeline.from_pretrained(directory, device=spec.device), store)
     elif spec.model == "untrained":
-        result = _untrained(spec, directory)
+        result = _untrained(spec, directory, store)
     elif spec.model == "real":
         return _real(spec)
     else:
@@ -215,12 +265,14 @@ def load_samples(spec: SourceSpec, repo_root: Path, cache_dir: str | None) -> Sa
             labels = f.get_tensor("labels") if "labels" in f.keys() else None  # noqa: SIM118
             logger.info("%s: %d cached samples from %s", spec.model, spec.n, path)
             return Samples(f.get_tensor("images"), labels, meta["seconds"], meta["info"])
+    store = BatchStore(path.with_suffix(".partial")) if path is not None else None
     start = time.monotonic()
-    images, labels, info = make_samples(spec, repo_root)
-    seconds = time.monotonic() - start
+    images, labels, info = make_samples(spec, repo_root, store=store)
+    seconds = store.seconds if store is not None and store.seconds > 0 else time.monotonic() - start
     label_tensor = None if labels[0] is None else torch.tensor(labels, dtype=torch.int64)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tensors = {"images": images.contiguous()} | ({"labels": label_tensor} if label_tensor is not None else {})
         save_file(tensors, str(path), metadata={"info": json.dumps({"seconds": seconds, "info": info})})
+        shutil.rmtree(path.with_suffix(".partial"), ignore_errors=True)  # the whole row is in `path` now
     return Samples(images, label_tensor, seconds, info)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -184,3 +185,43 @@ def test_evaluate_passes_dpmpp_2m_and_the_interval_to_the_sampler() -> None:
     args = build_parser().parse_args(["--sampler", "dpmpp_2m", "--steps", "20", "--guidance-interval", "0.3", "5"])
     (spec,) = row_specs(args)
     assert spec.sampler == "dpmpp_2m" and spec.steps == 20 and spec.guidance_interval == (0.3, 5.0)
+
+
+def test_a_stopped_row_resumes_from_its_last_finished_batch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A row killed after its first batch keeps that batch; the next run samples only the rest, and the row
+    is the row an uninterrupted run makes, with the sampling time of all its batches."""
+    from shared.ebm.energy import EnergyConfig, EnergyNet
+    from shared.ebm.langevin import LangevinParams
+    from shared.ebm.pipeline import EBMPipeline
+    from training.sources import SourceSpec, load_samples
+
+    torch.manual_seed(0)
+    net = EnergyNet(EnergyConfig(image_size=8, base_channels=4, channel_mult=(1,), num_res_blocks=1, num_classes=2))
+    directory = tmp_path / "ebm"
+    EBMPipeline(net).save_pretrained(directory, sampling=LangevinParams(steps=3, step_size=2.0))
+    spec = SourceSpec(model="ebm", n=6, weights=str(directory), batch_size=2)
+    straight = load_samples(spec, tmp_path, str(tmp_path / "straight"))
+
+    made: list[tuple[int, ...]] = []
+    stop_after = [1]  # batches; emptied to let the run finish
+    real_sample = EBMPipeline.sample
+
+    def sample(self: EBMPipeline, params: Any, callback: Any = None) -> torch.Tensor:
+        if stop_after and len(made) == stop_after[0]:
+            raise KeyboardInterrupt("stopped")
+        made.append(params.seeds)
+        return real_sample(self, params, callback)
+
+    cache = tmp_path / "cache"
+    monkeypatch.setattr(EBMPipeline, "sample", sample)
+    with pytest.raises(KeyboardInterrupt):
+        load_samples(spec, tmp_path, str(cache))
+    (partial,) = cache.glob("*.partial")
+    assert made == [(0, 1)] and [p.name for p in partial.iterdir()] == ["0000000-0000002.safetensors"]
+    stop_after.clear()
+    made.clear()
+    resumed = load_samples(spec, tmp_path, str(cache))
+    assert made == [(2, 3), (4, 5)]  # only the batches the stopped run had not finished
+    assert torch.equal(resumed.images, straight.images) and torch.equal(resumed.labels, straight.labels)
+    assert not partial.exists() and len(list(cache.glob("ebm-6-*.safetensors"))) == 1
+    assert resumed.seconds > 0
