@@ -245,12 +245,19 @@ def cache_key(spec: SourceSpec, repo_root: Path) -> str:
     if spec.model in ("diffusion", "ebm", "untrained"):
         model = spec.untrained_of if spec.model == "untrained" else spec.model
         directory = spec.weights or default_weights(model, repo_root)
-        fields["sha256"] = _weights_sha(directory)
+        card = json.loads((Path(directory) / CARD_FILE).read_text())
         fields["weights"] = None  # the hashes name the weights: a copy in another folder reuses their samples
-        # the card too: its sampling block (e.g. the EBM's serving chain) shapes the images as much as the weights
-        fields["card_sha256"] = file_sha256(Path(directory) / CARD_FILE)
+        if spec.model == "untrained":
+            # random weights of the card's network and chain: a new export of the same architecture (another
+            # `training` block and weights file) makes the same images, so it keeps the same key
+            architecture = {k: v for k, v in card.items() if k not in ("training", "sha256")}
+            encoded = json.dumps(architecture, sort_keys=True).encode()
+            fields["architecture_sha256"] = hashlib.sha256(encoded).hexdigest()
+        else:
+            fields["sha256"] = _weights_sha(directory)
+            # the card too: its sampling block (e.g. the EBM's serving chain) shapes the images as much as the weights
+            fields["card_sha256"] = file_sha256(Path(directory) / CARD_FILE)
         if model == "ebm":  # the guidance the chain runs (None: the card's), under a name older keys never had
-            card = json.loads((Path(directory) / CARD_FILE).read_text())
             default = card.get("sampling", {}).get("guidance_scale", 1.0)
             fields["energy_guidance"] = default if fields.pop("guidance_scale") is None else spec.guidance_scale
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]

@@ -130,6 +130,20 @@ def test_the_sample_cache_is_keyed_by_the_model_card_as_well_as_the_weights(tmp_
 
     copy = shutil.copytree(directory, tmp_path / "elsewhere" / "ebm-copy")
     assert cache_key(SourceSpec(model="ebm", n=4, weights=str(copy)), tmp_path) == before  # the files, not the folder
+    untrained = SourceSpec(model="untrained", untrained_of="ebm", n=4, weights=str(directory))
+    random_weights = cache_key(untrained, tmp_path)
+    retrained = EBMPipeline.from_pretrained(directory)
+    with torch.no_grad():
+        for weight in retrained.net.parameters():
+            weight.add_(0.1)
+    retrained.save_pretrained(directory, training={"images_seen_total": 1000})  # new weights, new training block
+    assert cache_key(untrained, tmp_path) == random_weights  # random weights: the trained ones do not matter
+    assert cache_key(spec, tmp_path) != before  # but the trained row is another row now
+    wider = EnergyNet(EnergyConfig(image_size=8, base_channels=8, channel_mult=(1,), num_res_blocks=1, num_classes=2))
+    EBMPipeline(wider).save_pretrained(directory, sampling=LangevinParams(steps=5, step_size=2.0))
+    assert cache_key(untrained, tmp_path) != random_weights  # another architecture: another untrained row
+    EBMPipeline(net).save_pretrained(directory, sampling=LangevinParams(steps=5, step_size=2.0))
+    assert cache_key(spec, tmp_path) == before
     card = json.loads((directory / "config.json").read_text())
     card["sampling"]["step_size"] = 4.0
     (directory / "config.json").write_text(json.dumps(card))
