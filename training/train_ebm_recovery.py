@@ -370,9 +370,8 @@ def serving_pipeline(state: TrainState, cfg: TrainConfig) -> EBMPipeline:
 
 
 def save_export(state: TrainState, cfg: TrainConfig, result: dict[str, Any], directory: str | Path) -> Path:
-    pipeline = EBMPipeline(state.serving_net)
-    serving = chain_params(cfg, serving=True)
-    return pipeline.save_pretrained(directory, training=result, sampling=serving, guidance_scale=cfg.serve_guidance)
+    """The serving weights with the card `serving_pipeline` describes (chain, guidance, noise levels)."""
+    return serving_pipeline(state, cfg).save_pretrained(directory, training=result)
 
 
 def probe(prober: Prober, state: TrainState, cfg: TrainConfig, result: dict[str, Any]) -> dict[str, Any]:
