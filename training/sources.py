@@ -9,7 +9,9 @@ Samples are cached under `cache_dir` as safetensors keyed by everything that det
 scores the same images without sampling again. While a model's row is being sampled, each finished
 batch is kept in `<key>.partial/` (`BatchStore`): a long row (a 1000-step DDPM row takes hours on
 this CPU) that is stopped resumes from its last finished batch, and reports the sampling time of all
-its batches, not of its last session.
+its batches, not of its last session. Several processes can fill one row together (one per core: run the
+same command twice): each batch is made by whichever process locks it first, and each process then waits
+for the batches the others hold.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -26,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from filelock import FileLock, Timeout
 from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm import tqdm
@@ -94,29 +98,64 @@ def requested_labels(class_label: str | None, n: int, num_classes: int | None, r
 class BatchStore:
     """The finished batches of one row, on disk: a stopped row resumes from its last finished batch.
 
-    `seconds` adds up the sampling time of every batch of the row, whichever run made it."""
+    A batch being made is locked (`filelock`: an OS lock, released by the kernel if its process dies, so a
+    killed run leaves no stale claim); a second process on the same row skips it and makes the next free
+    one. `seconds` adds up the sampling time of every batch of the row, whichever run made it, so a row's
+    seconds per image stay those of one process even when several filled it."""
 
-    directory: Path
+    row: Path  # the finished row's file; its batches live in `<row>.partial/` until it is written
     seconds: float = 0.0
-    resumed: int = 0  # batches found on disk
+    resumed: int = 0  # batches found on disk, made by an earlier run or another process
 
-    def get(self, chunk: slice, make: Callable[[], torch.Tensor]) -> torch.Tensor:
-        """The uint8 images of `chunk`: from disk, else `make()`d, timed and written before returning."""
+    @property
+    def directory(self) -> Path:
+        return self.row.with_suffix(".partial")
+
+    def get(self, chunk: slice, make: Callable[[], torch.Tensor], wait: bool = True) -> torch.Tensor | None:
+        """The uint8 images of `chunk`: from disk, else `make()`d, timed and written before returning.
+
+        With `wait=False`, None when another process is making this batch now."""
         path = self.directory / f"{chunk.start:07d}-{chunk.stop:07d}.safetensors"
+        lock = FileLock(path.with_suffix(".lock"))
+        while True:
+            if (found := self._finished(path, chunk)) is not None:
+                return found
+            self.directory.mkdir(parents=True, exist_ok=True)
+            try:
+                lock.acquire(timeout=-1 if wait else 0)  # waiting: until its maker writes it, or dies
+                break
+            except Timeout:
+                return None
+            except FileNotFoundError:  # another process finished the row and removed its batches just now
+                continue
+        try:
+            if (found := self._finished(path, chunk)) is not None:  # made while we waited for the lock
+                return found
+            start = time.monotonic()
+            images = make()
+            seconds = time.monotonic() - start
+            partial = path.with_suffix(".tmp")
+            save_file({"images": images.contiguous()}, str(partial), metadata={"seconds": repr(seconds)})
+            partial.replace(path)  # a batch file is whole or absent, even if the run is killed while writing
+            self.seconds += seconds
+            return images
+        finally:
+            lock.release()
+
+    def _finished(self, path: Path, chunk: slice) -> torch.Tensor | None:
         if path.is_file():
             with safe_open(str(path), framework="pt") as f:
                 self.seconds += float(f.metadata()["seconds"])
                 self.resumed += 1
                 return f.get_tensor("images")
-        start = time.monotonic()
-        images = make()
-        seconds = time.monotonic() - start
-        self.directory.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(".tmp")
-        save_file({"images": images.contiguous()}, str(partial), metadata={"seconds": repr(seconds)})
-        partial.replace(path)  # a batch file is whole or absent, even if the run is killed while writing
-        self.seconds += seconds
-        return images
+        if self.row.is_file():  # another process finished the whole row (and removed the batches)
+            with safe_open(str(self.row), framework="pt") as f:
+                whole = json.loads(f.metadata()["info"])["seconds"]
+                images = f.get_tensor("images")
+            self.seconds += whole * (chunk.stop - chunk.start) / len(images)
+            self.resumed += 1
+            return images[chunk]
+        return None
 
 
 def _in_batches(
@@ -128,17 +167,23 @@ def _in_batches(
     store: BatchStore | None = None,
 ) -> torch.Tensor:
     seeds = seeds_from(seed, n)
-    out = []
-    for start in tqdm(range(0, n, batch_size), desc=desc, unit="batch", mininterval=10):
-        chunk = slice(start, min(n, start + batch_size))
+    chunks = [slice(start, min(n, start + batch_size)) for start in range(0, n, batch_size)]
 
-        def one(chunk: slice = chunk) -> torch.Tensor:
-            return to_uint8(make(seeds[chunk], chunk))
+    def one(chunk: slice) -> Callable[[], torch.Tensor]:
+        return lambda: to_uint8(make(seeds[chunk], chunk))
 
-        out.append(one() if store is None else store.get(chunk, one))
+    out: dict[int, torch.Tensor | None] = {}
+    for chunk in tqdm(chunks, desc=desc, unit="batch", mininterval=10):
+        out[chunk.start] = one(chunk)() if store is None else store.get(chunk, one(chunk), wait=False)
+    held = [chunk for chunk in chunks if out[chunk.start] is None]
+    if held:  # only with a store: batches another process was making; wait for each
+        assert store is not None
+        logger.info("%s: waiting for %d batches another process is making", desc, len(held))
+        for chunk in held:
+            out[chunk.start] = store.get(chunk, one(chunk))
     if store is not None and store.resumed:
-        logger.info("%s: %d of %d batches resumed from %s", desc, store.resumed, len(out), store.directory)
-    return torch.cat(out)
+        logger.info("%s: %d of %d batches came from %s", desc, store.resumed, len(chunks), store.directory)
+    return torch.cat([out[chunk.start] for chunk in chunks])  # type: ignore[misc]
 
 
 def _diffusion(
@@ -272,7 +317,7 @@ def load_samples(spec: SourceSpec, repo_root: Path, cache_dir: str | None) -> Sa
             labels = f.get_tensor("labels") if "labels" in f.keys() else None  # noqa: SIM118
             logger.info("%s: %d cached samples from %s", spec.model, spec.n, path)
             return Samples(f.get_tensor("images"), labels, meta["seconds"], meta["info"])
-    store = BatchStore(path.with_suffix(".partial")) if path is not None else None
+    store = BatchStore(path) if path is not None else None
     start = time.monotonic()
     images, labels, info = make_samples(spec, repo_root, store=store)
     seconds = store.seconds if store is not None and store.seconds > 0 else time.monotonic() - start
@@ -280,6 +325,8 @@ def load_samples(spec: SourceSpec, repo_root: Path, cache_dir: str | None) -> Sa
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tensors = {"images": images.contiguous()} | ({"labels": label_tensor} if label_tensor is not None else {})
-        save_file(tensors, str(path), metadata={"info": json.dumps({"seconds": seconds, "info": info})})
+        partial = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # whole, then renamed: others may read it
+        save_file(tensors, str(partial), metadata={"info": json.dumps({"seconds": seconds, "info": info})})
+        partial.replace(path)
         shutil.rmtree(path.with_suffix(".partial"), ignore_errors=True)  # the whole row is in `path` now
     return Samples(images, label_tensor, seconds, info)

@@ -231,7 +231,8 @@ def test_a_stopped_row_resumes_from_its_last_finished_batch(tmp_path: Path, monk
     with pytest.raises(KeyboardInterrupt):
         load_samples(spec, tmp_path, str(cache))
     (partial,) = cache.glob("*.partial")
-    assert made == [(0, 1)] and [p.name for p in partial.iterdir()] == ["0000000-0000002.safetensors"]
+    batches = sorted(p.name for p in partial.glob("*.safetensors"))
+    assert made == [(0, 1)] and batches == ["0000000-0000002.safetensors"]
     stop_after.clear()
     made.clear()
     resumed = load_samples(spec, tmp_path, str(cache))
@@ -239,3 +240,95 @@ def test_a_stopped_row_resumes_from_its_last_finished_batch(tmp_path: Path, monk
     assert torch.equal(resumed.images, straight.images) and torch.equal(resumed.labels, straight.labels)
     assert not partial.exists() and len(list(cache.glob("ebm-6-*.safetensors"))) == 1
     assert resumed.seconds > 0
+
+
+def _tiny_ebm(tmp_path: Path) -> Any:
+    from shared.ebm.energy import EnergyConfig, EnergyNet
+    from shared.ebm.langevin import LangevinParams
+    from shared.ebm.pipeline import EBMPipeline
+    from training.sources import SourceSpec
+
+    torch.manual_seed(0)
+    net = EnergyNet(EnergyConfig(image_size=8, base_channels=4, channel_mult=(1,), num_res_blocks=1, num_classes=2))
+    EBMPipeline(net).save_pretrained(tmp_path / "ebm", sampling=LangevinParams(steps=3, step_size=2.0))
+    return SourceSpec(model="ebm", n=8, weights=str(tmp_path / "ebm"), batch_size=2)
+
+
+def test_two_runs_of_one_row_share_its_batches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two runs of the same row at once (one per core) each make the batches the other has not locked, so
+    every batch is made once, and both return the row one run alone makes."""
+    import threading
+    import time
+
+    from shared.ebm.pipeline import EBMPipeline
+    from training.sources import load_samples
+
+    spec = _tiny_ebm(tmp_path)
+    straight = load_samples(spec, tmp_path, str(tmp_path / "straight"))
+    made: list[tuple[str, tuple[int, ...]]] = []
+    real_sample = EBMPipeline.sample
+
+    def sample(self: EBMPipeline, params: Any, callback: Any = None) -> torch.Tensor:
+        made.append((threading.current_thread().name, params.seeds))
+        time.sleep(0.3)  # long enough that the other run finds this batch locked
+        return real_sample(self, params, callback)
+
+    monkeypatch.setattr(EBMPipeline, "sample", sample)
+    results: dict[str, Any] = {}
+
+    def run() -> None:
+        results[threading.current_thread().name] = load_samples(spec, tmp_path, str(tmp_path / "cache"))
+
+    threads = [threading.Thread(target=run, name=name) for name in ("a", "b")]
+    for thread in threads:
+        thread.start()
+        time.sleep(0.1)
+    for thread in threads:
+        thread.join(timeout=60)
+    assert sorted(seeds for _, seeds in made) == [(0, 1), (2, 3), (4, 5), (6, 7)]  # each batch made once
+    assert {name for name, _ in made} == {"a", "b"}  # and both runs made some
+    for result in results.values():
+        assert torch.equal(result.images, straight.images) and torch.equal(result.labels, straight.labels)
+    assert len(results) == 2 and not list((tmp_path / "cache").glob("*.partial"))
+
+
+def test_a_run_waits_for_a_batch_another_holds_and_makes_it_if_that_run_dies(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch locked by another process is skipped, then waited for; when its holder goes away without
+    writing it (killed: the OS drops its lock), the waiting run makes it itself."""
+    import threading
+    import time
+
+    from filelock import FileLock
+
+    from shared.ebm.pipeline import EBMPipeline
+    from training.sources import cache_key, load_samples
+
+    spec = _tiny_ebm(tmp_path)
+    straight = load_samples(spec, tmp_path, str(tmp_path / "straight"))
+    partial = tmp_path / "cache" / f"ebm-8-{cache_key(spec, tmp_path)}.partial"
+    partial.mkdir(parents=True)
+    holding = threading.Event()
+    made: list[tuple[int, ...]] = []
+    real_sample = EBMPipeline.sample
+
+    def sample(self: EBMPipeline, params: Any, callback: Any = None) -> torch.Tensor:
+        made.append(params.seeds)
+        return real_sample(self, params, callback)
+
+    def holder() -> None:  # "another process" holds batch 2-4 and dies once the run waits for it
+        held = FileLock(partial / "0000002-0000004.lock")
+        held.acquire()
+        holding.set()
+        while len(made) < 3:
+            time.sleep(0.05)
+        time.sleep(0.5)
+        held.release()
+
+    monkeypatch.setattr(EBMPipeline, "sample", sample)
+    threading.Thread(target=holder, daemon=True).start()
+    assert holding.wait(timeout=10)
+    result = load_samples(spec, tmp_path, str(tmp_path / "cache"))
+    assert made == [(0, 1), (4, 5), (6, 7), (2, 3)]  # the held batch last, made by this run
+    assert torch.equal(result.images, straight.images)
