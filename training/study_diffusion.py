@@ -11,6 +11,9 @@
 A snapshot is `<run>/snapshots/min_NNN` (the EMA weights after NNN core-minutes of training, written by
 --snapshot-minutes). Scores are cached in `<study>/probes.jsonl`, so a second call only scores new
 snapshots; --only limits which snapshots are scored now (e.g. the last of an expensive candidate).
+Each new score is also appended, with the hardware, to the study's record in the repository
+(--record, models/diffusion/study.jsonl): the table and the plot show every candidate ever scored, on
+every machine, not only those whose snapshots this machine still has.
 The table also gives each candidate's serving cost: seconds for one 1000-step image at batch 1.
 """
 
@@ -28,7 +31,7 @@ import torch
 from shared.diffusion.pipeline import DiffusionPipeline
 from training.common import REPO_ROOT, configure_logging
 from training.data import DEFAULT_CACHE_DIR, default_data_source
-from training.quality import ProbeSpec, QualityProbe, append_history, plot_history, read_history
+from training.quality import ProbeSpec, QualityProbe, append_history, hardware, plot_history, read_history
 
 logger = logging.getLogger(__name__)
 
@@ -53,13 +56,16 @@ def serving_seconds(pipeline: DiffusionPipeline, evaluations: int = 20) -> float
 
 def markdown(rows: list[dict[str, Any]]) -> str:
     lines = [
-        "| candidate | core-minutes | images seen | FID (classifier) | class agreement | s per 1000-step image |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        "| candidate | core-minutes | images seen | FID (classifier) | class agreement | s per 1000-step image "
+        "| hardware |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for r in sorted(rows, key=lambda r: (r["run"], r["core_minutes"])):
+        serving = r.get("serving_seconds_1000_steps")
         lines.append(
             f"| {r['run']} | {r['core_minutes']:.0f} | {r['images_seen_total']:,} | {r['fid']:.1f} "
-            f"| {r['class_agreement']:.3f} | {r['serving_seconds_1000_steps']:.1f} |"
+            f"| {r['class_agreement']:.3f} | {'-' if serving is None else f'{serving:.1f}'} "
+            f"| {r.get('hardware', '-')} |"
         )
     return "\n".join(lines)
 
@@ -75,6 +81,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--data-cache", default=str(DEFAULT_CACHE_DIR))
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--plot", default=None, help="PNG of FID and agreement against images seen")
+    p.add_argument(
+        "--record",
+        default=str(REPO_ROOT / "models" / "diffusion" / "study.jsonl"),
+        help="the study's record in the repository: new scores are appended; the table and plot read it",
+    )
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -98,10 +109,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "parameters": pipeline.card.get("parameters"),
                 "serving_seconds_1000_steps": round(serving_seconds(pipeline), 2),
                 **probe.score(pipeline),
+                "hardware": hardware(),
             }
             append_history(cache, row)
+            if args.record:
+                append_history(args.record, row)
             logger.info("%s: FID %.2f, agreement %s", snapshot, row["fid"], row["class_agreement"])
-    rows = read_history(cache)
+    rows = read_history(args.record) if args.record and Path(args.record).is_file() else read_history(cache)
     print(markdown(rows))
     if args.plot:
         plot_history(rows, args.plot, title="recipe study: equal compute on one core, N = 500, DDIM 20, guidance 3")

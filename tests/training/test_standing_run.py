@@ -299,13 +299,20 @@ def test_the_study_scores_each_snapshot_once(
         card = json.loads((snapshot / "config.json").read_text())
         card["training"].update(core_minutes=minutes, images_seen_total=100 * minutes)
         (snapshot / "config.json").write_text(json.dumps(card))
+    record = tmp_path / "study.jsonl"  # the repository's record: a candidate scored on another machine
+    append_history(record, {"run": "eps-other", "core_minutes": 8, "images_seen_total": 700, "fid": 90.0,
+                            "class_agreement": 0.2, "hardware": "another CPU"})  # fmt: skip
     argv = [str(tmp_path / "study"), "--n=4", f"--classifier={setup['classifier']}", f"--data={setup['data']}",
-            f"--data-cache={setup['root'] / 'cache'}", f"--plot={tmp_path / 'study.png'}"]  # fmt: skip
+            f"--data-cache={setup['root'] / 'cache'}", f"--plot={tmp_path / 'study.png'}",
+            f"--record={record}"]  # fmt: skip
     assert study_diffusion.main(argv) == 0
     rows = read_history(tmp_path / "study" / "probes.jsonl")
     assert sorted((r["run"], r["core_minutes"]) for r in rows) == [("edm-tiny", 4), ("edm-tiny", 8), ("v-tiny", 4)]
     assert all(r["serving_seconds_1000_steps"] > 0 and r["probe"]["n"] == 4 for r in rows)
+    recorded = read_history(record)
+    assert [r["run"] for r in recorded[1:]] == [r["run"] for r in rows] and all(r["hardware"] for r in recorded)
     table = capsys.readouterr().out
     assert "| edm-tiny | 8 | 800 |" in table and (tmp_path / "study.png").is_file()
+    assert "| eps-other | 8 | 700 | 90.0 | 0.200 | - | another CPU |" in table  # the other machine's row too
     assert study_diffusion.main(argv) == 0  # nothing new: no second score
-    assert len(read_history(tmp_path / "study" / "probes.jsonl")) == 3
+    assert len(read_history(tmp_path / "study" / "probes.jsonl")) == 3 and len(read_history(record)) == 4
