@@ -143,19 +143,26 @@ def beats(new: dict[str, Any], old: dict[str, Any] | None, diversity_tolerance: 
     return better
 
 
-def hardware() -> str:
-    """'<CPU model>, N threads' or the CUDA device name: where the images were seen."""
+# the widest vector extension decides how fast a CPU trains and samples (machines of one model name differ)
+_ISA = ("amx_bf16", "avx512_bf16", "avx512f", "avx2")
+
+
+def hardware(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """'<CPU model> (<widest ISA>), N threads' or the CUDA device name: where the images were seen."""
     if torch.cuda.is_available():
         return torch.cuda.get_device_name(0)
-    model = platform.processor() or platform.machine()
+    model, flags = platform.processor() or platform.machine(), set()
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
+        for line in Path(cpuinfo).read_text().splitlines():
             if line.startswith("model name"):
                 model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
                 break
     except OSError:
         pass
-    return f"{model}, {torch.get_num_threads()} thread(s)"
+    isa = next((name for name in _ISA if name in flags), None)
+    return f"{model}{f' ({isa})' if isa else ''}, {torch.get_num_threads()} thread(s)"
 
 
 def append_history(path: str | os.PathLike[str], row: dict[str, Any]) -> None:
