@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import shutil
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ from typing import Any
 
 import torch
 from filelock import FileLock, Timeout
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from tqdm import tqdm
 
@@ -143,18 +144,24 @@ class BatchStore:
             lock.release()
 
     def _finished(self, path: Path, chunk: slice) -> torch.Tensor | None:
-        if path.is_file():
+        try:
             with safe_open(str(path), framework="pt") as f:
-                self.seconds += float(f.metadata()["seconds"])
-                self.resumed += 1
-                return f.get_tensor("images")
+                seconds, images = float(f.metadata()["seconds"]), f.get_tensor("images")
+        except (FileNotFoundError, SafetensorError):  # not made yet, or removed since: the row is whole
+            pass
+        else:
+            self.seconds += seconds
+            self.resumed += 1
+            return images
         if self.row.is_file():  # another process finished the whole row (and removed the batches)
             with safe_open(str(self.row), framework="pt") as f:
                 whole = json.loads(f.metadata()["info"])["seconds"]
-                images = f.get_tensor("images")
-            self.seconds += whole * (chunk.stop - chunk.start) / len(images)
+                rows = f.get_slice("images")
+                total = rows.get_shape()[0]
+                images = rows[chunk.start : chunk.stop]
+            self.seconds += whole * (chunk.stop - chunk.start) / total
             self.resumed += 1
-            return images[chunk]
+            return images
         return None
 
 
@@ -325,7 +332,8 @@ def load_samples(spec: SourceSpec, repo_root: Path, cache_dir: str | None) -> Sa
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tensors = {"images": images.contiguous()} | ({"labels": label_tensor} if label_tensor is not None else {})
-        partial = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # whole, then renamed: others may read it
+        # written whole, then renamed: other runs (processes or threads) may be reading or writing it too
+        partial = path.with_name(f"{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
         save_file(tensors, str(partial), metadata={"info": json.dumps({"seconds": seconds, "info": info})})
         partial.replace(path)
         shutil.rmtree(path.with_suffix(".partial"), ignore_errors=True)  # the whole row is in `path` now

@@ -109,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "parameters": pipeline.card.get("parameters"),
                 "serving_seconds_1000_steps": round(serving_seconds(pipeline), 2),
                 **probe.score(pipeline),
-                "hardware": hardware(),
+                "hardware": training.get("hardware") or hardware(),  # where it trained: core-minutes differ
             }
             append_history(cache, row)
             if args.record:
