@@ -5,6 +5,9 @@
 
 Each row runs `training.evaluate` (same seeds, labels i % 10, guidance 3, the classifier's feature space)
 into runs/sampler-table/<row>/results.json; samples are cached, so a second call only scores new rows.
+Other flags go to `training.evaluate` (e.g. --runtime openvino --precision bf16 --batch-size 20). A long
+row is cached batch by batch: a stopped run resumes, and the same command started twice (one process per
+core, each --threads 1) fills the row together, each process making the batches the other has not locked.
 The table gives FID, class agreement, network evaluations per image and CPU seconds per image
 (the row's sampling wall time over N, on this machine with --threads threads).
 """
