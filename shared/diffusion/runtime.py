@@ -23,6 +23,7 @@ size does not change OpenVINO's images: a batch of 16 and each image alone gave 
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import cache
@@ -181,13 +182,15 @@ class OpenVINONetwork:
         self.precision = Precision(precision)
         self.threads = threads or torch.get_num_threads()
         hint = "bf16" if self.precision is Precision.BF16 else "f32"
-        self.config: dict[str, Any] = {
-            "INFERENCE_PRECISION_HINT": hint, "INFERENCE_NUM_THREADS": self.threads, "PERFORMANCE_HINT": "LATENCY",
+        # OpenVINO pins its threads to the first cores by default: two single-thread processes (two workers,
+        # or a worker and an evaluation) would then share core 0 and leave core 1 idle. Pin only when this
+        # process uses every core it may run on.
+        pinning = self.threads >= len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else True
+        common = {
+            "INFERENCE_PRECISION_HINT": hint, "INFERENCE_NUM_THREADS": self.threads, "ENABLE_CPU_PINNING": pinning,
         }  # fmt: skip
-        self.stream_config: dict[str, Any] = {
-            "INFERENCE_PRECISION_HINT": hint, "INFERENCE_NUM_THREADS": self.threads, "NUM_STREAMS": self.threads,
-            "PERFORMANCE_HINT": "THROUGHPUT",
-        }  # fmt: skip
+        self.config: dict[str, Any] = {**common, "PERFORMANCE_HINT": "LATENCY"}
+        self.stream_config: dict[str, Any] = {**common, "NUM_STREAMS": self.threads, "PERFORMANCE_HINT": "THROUGHPUT"}
         self._requests: dict[int, Any] = {}
         self._queues: dict[int, Any] = {}
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -64,6 +65,25 @@ def test_the_exported_network_gives_torchs_outputs_at_any_batch_size(
             with torch.no_grad():
                 expected = reference.unet(x, t, labels)
             assert (network(x, t, labels) - expected).abs().max().item() < FP32_TOLERANCE
+
+
+@pytest.mark.skipif(
+    not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
+    reason="pinning to the first core is only visible on a machine with two cores or more",
+)
+def test_a_single_thread_network_leaves_the_process_free_to_run_on_any_core(reference: DiffusionPipeline) -> None:
+    """OpenVINO pins its threads to the first cores by default, so two single-thread processes (two workers,
+    or a worker beside an evaluation) both ran on core 0 at half speed with core 1 idle (measured: 50% each)."""
+    allowed = os.sched_getaffinity(0)
+    try:
+        for threads, pinned in ((1, False), (len(allowed), True)):  # pinning only when it takes every core
+            network = OpenVINONetwork(reference.unet, Precision.FP32, threads=threads)
+            x, t, y = probe(1)
+            network(x, t, y)
+            assert network.request(1).get_compiled_model().get_property("ENABLE_CPU_PINNING") is pinned
+        assert os.sched_getaffinity(0) == allowed
+    finally:
+        os.sched_setaffinity(0, allowed)
 
 
 def test_a_large_batch_is_split_across_single_thread_streams(reference: DiffusionPipeline) -> None:
