@@ -3,7 +3,8 @@
     python -m ebm_worker.sample --n 16 --out ebm.png
     python -m ebm_worker.sample --n 10 --class-label all --steps 200 --step-size 2 --noise-scale 0.005
 
-Chains start from uniform noise; the step count, step size, noise and gradient clip default to the
+Chains start from noise (Gaussian at the top noise level for a recovery-likelihood card, uniform for a
+persistent-CD one); the step count, step size, noise, gradient clip and guidance default to the
 values stored in the model's card by its trainer.
 """
 

@@ -152,7 +152,7 @@ class EBMRequest(_Request):
         "recovery-likelihood model: b^2 of its step sizes s_t^2 = b^2 c_t^2 sigma_{t+1}^2; default: the card's",
     )  # fmt: skip
     noise_scale: float | None = Field(
-        None, ge=0.0, le=1.0, description="persistent-CD model: std of the noise added each step; "
+        None, ge=0.0, le=2.0, description="persistent-CD model: std of the noise added each step; "
         "recovery-likelihood model: the factor on its noise s_t z; default: the card's",
     )  # fmt: skip
     guidance_scale: float | None = Field(

@@ -43,7 +43,8 @@ class ProbeSpec:
     """What a probe samples; two probes are comparable only when their specs are equal.
 
     For an energy-based model, sampler names its chain ("recovery" or "langevin"), steps the Langevin
-    steps (per level) and guidance_scale the guidance on the energy."""
+    steps (per level), guidance_scale the guidance on the energy and noise_scale the factor on the
+    Langevin noise (None: the card's; it shapes diversity as much as guidance does, models/README.md)."""
 
     n: int = 500
     sampler: str = "ddim"
@@ -51,9 +52,11 @@ class ProbeSpec:
     guidance_scale: float = 3.0
     seed: int = 0
     reference_size: int = 10_000
+    noise_scale: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The spec's fields; unset optional ones are left out, so specs written before they existed compare equal."""
+        return {key: value for key, value in dataclasses.asdict(self).items() if value is not None}
 
 
 class QualityProbe:
@@ -75,8 +78,11 @@ class QualityProbe:
 
     def _sample(self, pipeline: Pipeline, seeds: Sequence[int], labels: Sequence[int] | None) -> torch.Tensor:
         if isinstance(pipeline, EBMPipeline):
-            guidance, steps = self.spec.guidance_scale, self.spec.steps
-            return pipeline.sample(pipeline.sample_params(seeds, labels, guidance_scale=guidance, steps=steps))
+            spec = self.spec
+            params = pipeline.sample_params(
+                seeds, labels, guidance_scale=spec.guidance_scale, steps=spec.steps, noise_scale=spec.noise_scale
+            )
+            return pipeline.sample(params)
         return pipeline.sample(
             SampleParams(
                 seeds=tuple(seeds),

@@ -104,8 +104,10 @@ class TrainConfig(RunConfig):
     chain_steps: int = 15
     b_sq: float = 2e-4
     train_noise: float = 1.0
-    serve_noise: float = 0.99
-    serve_guidance: float = 3.0  # guidance on the energy in the served chain (models/README.md, the EBM's sweep)
+    # the served chain's temperature and guidance, chosen together on the 229k-image weights (models/README.md,
+    # *Noise and guidance*): noise 1.05 with w = 4 keeps every class diverse (the paper's 0.99 collapses deer)
+    serve_noise: float = 1.05
+    serve_guidance: float = 4.0
     # network (ignored when resuming)
     base_channels: int = 32
     channel_mult: tuple[int, ...] = (1, 2, 2)
@@ -357,7 +359,10 @@ HISTORY_TITLE = "EBM: every probe of every run (N = 500, the card's chain, class
 
 def make_prober(cfg: TrainConfig) -> Prober:
     """Probes of the served chain (the card's K, b^2, noise and guidance) every `probe_every_minutes`."""
-    spec = ProbeSpec(n=cfg.probe_n, sampler="recovery", steps=cfg.chain_steps, guidance_scale=cfg.serve_guidance)
+    spec = ProbeSpec(
+        n=cfg.probe_n, sampler="recovery", steps=cfg.chain_steps, guidance_scale=cfg.serve_guidance,
+        noise_scale=cfg.serve_noise,
+    )  # fmt: skip
     load = functools.partial(EBMPipeline.from_pretrained, device="cpu")
     return Prober.for_run(cfg, spec, load, HISTORY_TITLE, diversity_tolerance=cfg.diversity_tolerance)
 

@@ -64,7 +64,7 @@ def test_accepted_job_has_location_seed_and_queue_position(client: TestClient) -
         ("diffusion", {"colour": "red"}, "colour"),
         ("ebm", {"steps": 0}, "steps"),
         ("ebm", {"step_size": 0}, "step_size"),
-        ("ebm", {"noise_scale": 2}, "noise_scale"),
+        ("ebm", {"noise_scale": 2.5}, "noise_scale"),
         ("ebm", {"guidance_scale": -1}, "guidance_scale"),
         ("ebm", {"guidance_scale": 21}, "guidance_scale"),
         ("ebm", {"num_images": "many"}, "num_images"),

@@ -143,7 +143,8 @@ def ship_ebm(directory: Path, quality_block: dict) -> dict[str, bytes]:
 
 def test_the_ebm_run_exports_only_weights_that_beat_the_shipped_ones(setup: dict[str, Path], tmp_path: Path) -> None:
     cfg = ebm_config(setup, tmp_path, max_steps=3)
-    spec = ProbeSpec(n=6, sampler="recovery", steps=2, guidance_scale=2.0).to_dict()  # the card's chain
+    # the card's chain: its steps, guidance and temperature (a probe at another noise factor is another spec)
+    spec = ProbeSpec(n=6, sampler="recovery", steps=2, guidance_scale=2.0, noise_scale=cfg.serve_noise).to_dict()
     sha = load_classifier(str(setup["classifier"])).card["sha256"][:12]  # type: ignore[index]
     shipped = Path(cfg.export)
     unbeatable = {"fid": -1.0, "class_agreement": 1.0, "diversity_min": 1.0, "probe": spec, "classifier_sha256": sha}

@@ -90,10 +90,10 @@ def test_train_ebm_trains_the_served_recipe_and_its_export_is_the_served_chain(t
     assert train_ebm.main(args) == 0  # --recipe recovery is the default
     card = json.loads((tmp_path / "model" / "config.json").read_text())
     assert card["recipe"] == "recovery-likelihood" and card["energy"]["num_levels"] == 3
-    assert card["sampling"]["steps"] == 2 and card["sampling"]["noise_scale"] == 0.99
+    assert card["sampling"]["steps"] == 2 and card["sampling"]["noise_scale"] == 1.05  # the served temperature
     assert card["training"]["chain_train"]["noise_scale"] == 1.0
     pipeline = EBMPipeline.from_pretrained(tmp_path / "model", device="cpu")
-    assert card["sampling"]["guidance_scale"] == 3.0 == pipeline.default_guidance_scale  # --serve-guidance
+    assert card["sampling"]["guidance_scale"] == 4.0 == pipeline.default_guidance_scale  # --serve-guidance
     assert pipeline.total_steps(pipeline.default_langevin) == 6
     grid = tmp_path / "grid.png"
     assert sample_cli.main(["--weights", str(tmp_path / "model"), "--n", "2", "--out", str(grid)]) == 0
