@@ -85,13 +85,18 @@ class Stack:
             "OMP_NUM_THREADS": "1",
         }
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        # every process ever spawned, so close() reaps one whose name was reused or whose kill() timed out
+        self.spawned: list[subprocess.Popen[bytes]] = []
         self.url = f"http://127.0.0.1:{self.gateway_port}"
 
     def spawn(self, name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         log = open(self.workdir / f"{name}.log", "wb")  # noqa: SIM115 - lives as long as the process
         proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, env={**self.env, **(env or {})}, stdout=log,
                                 stderr=subprocess.STDOUT)  # fmt: skip
+        if name in self.processes and self.processes[name].poll() is None:
+            raise ValueError(f"a process named {name!r} is still running")
         self.processes[name] = proc
+        self.spawned.append(proc)
         return proc
 
     def start(self) -> Stack:
@@ -145,11 +150,13 @@ class Stack:
         proc.wait(timeout=30)
 
     def close(self) -> None:
-        for proc in self.processes.values():
+        alive = [proc for proc in self.spawned if proc.poll() is None]
+        for proc in alive:
             proc.terminate()
-        for proc in self.processes.values():
+        for proc in alive:
             try:
                 proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 proc.kill()
+                proc.wait(timeout=15)
         self.processes.clear()

@@ -33,8 +33,8 @@ def test_a_worker_with_broken_weights_refuses_to_start(tmp_path: Path, damage: s
 
 def test_queued_jobs_survive_a_redis_restart_and_the_gateway_answers_503_meanwhile(tmp_path: Path) -> None:
     stack = Stack(tmp_path)
-    stack.start()
     try:
+        stack.start()
         stack.kill("diffusion-worker")  # nothing consumes: the jobs stay queued
         jobs = [stack.submit("diffusion", num_images=1, steps=5, seed=k) for k in range(3)]
         stack.redis.config_set("appendonly", "yes")  # as in production (the test stack starts without AOF)
@@ -103,8 +103,8 @@ def _up(url: str) -> bool:
 
 def test_ready_reports_a_missing_worker(tmp_path: Path) -> None:
     stack = Stack(tmp_path)
-    stack.start()
     try:
+        stack.start()
         stack.kill("ebm-worker")
         stack.redis.delete(*stack.redis.keys("rq:worker:ebm-*"))  # what the worker's key expiry does later
         ready = httpx.get(f"{stack.url}/ready", timeout=5)
@@ -116,8 +116,8 @@ def test_ready_reports_a_missing_worker(tmp_path: Path) -> None:
 def test_ten_sigkills_lose_no_job(tmp_path: Path) -> None:
     """Two diffusion replicas; ten times, SIGKILL whichever runs a job and start a fresh one."""
     stack = Stack(tmp_path)  # heartbeat TTL 5 s: a dead worker's job is found quickly
-    stack.start()
     try:
+        stack.start()
         stack.start_worker("diffusion", "diffusion-worker-0")
         jobs = [stack.submit("diffusion", num_images=1, steps=300, seed=k)["job_id"] for k in range(12)]
         kills = 0
