@@ -68,6 +68,27 @@ def openvino_version() -> str | None:
     return str(openvino.__version__).split("-")[0]
 
 
+def decline_openvino_telemetry() -> bool:
+    """Record "no" to OpenVINO's usage telemetry where the machine's operator has recorded no choice.
+
+    `ov.convert_model` sends an event to Google Analytics unless the consent file
+    (~/intel/openvino_telemetry) says no, from a forked process per event. Forked from a worker's threads it
+    can deadlock on a lock another thread held, and with no network it waits; either way it outlives a
+    killed worker (the integration tests' SIGKILLed workers left such orphans). This writes the file
+    `opt_in_out --opt_out` writes, without that script's own event; an explicit opt-in is kept. Returns
+    whether telemetry is off now."""
+    try:
+        from openvino_telemetry.utils.opt_in_checker import ConsentCheckResult, OptInChecker
+    except ImportError:
+        return True  # no telemetry package, no telemetry
+    checker = OptInChecker()
+    status = checker.check(enable_opt_in_dialog=False)
+    if status is ConsentCheckResult.NO_FILE and not checker.update_result(ConsentCheckResult.DECLINED):
+        logger.warning("could not record the opt-out of OpenVINO's telemetry in %s", checker.consent_file())
+        return False
+    return status is not ConsentCheckResult.ACCEPTED
+
+
 @dataclass(frozen=True)
 class RuntimeChoice:
     runtime: Runtime
@@ -173,6 +194,7 @@ class OpenVINONetwork:
             example += (torch.full((2,), self.null_label, dtype=torch.long),)
         was_training = unet.training
         unet.eval()
+        decline_openvino_telemetry()
         with torch.no_grad():
             self.model = ov.convert_model(unet, example_input=example)
         unet.train(was_training)

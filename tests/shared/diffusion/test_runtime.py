@@ -189,3 +189,18 @@ def test_choose_follows_the_machine(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_openvino_and_torch_compile_are_alternatives() -> None:
     with pytest.raises(ValueError, match="alternatives"):
         exported_pipeline(compile=True)
+
+
+def test_openvino_telemetry_is_declined_unless_the_operator_opted_in(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """OpenVINO's converter phones home from a forked process unless ~/intel/openvino_telemetry says no."""
+    pytest.importorskip("openvino_telemetry", reason="installed with openvino")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    consent = tmp_path / "intel" / "openvino_telemetry"
+    assert not consent.exists()
+    assert runtime.decline_openvino_telemetry() is True
+    assert consent.read_text() == "0"  # what `opt_in_out --opt_out` writes
+    consent.write_text("1")  # an operator who opted in keeps their choice
+    assert runtime.decline_openvino_telemetry() is False
+    assert consent.read_text() == "1"
