@@ -40,7 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_common_arguments(p, DEFAULT_WEIGHTS)
     p.add_argument("--steps", type=int, default=None, help="Langevin steps (default: the model card's)")
     p.add_argument("--step-size", type=float, default=None, help="x -= step_size / 2 * clip(grad_x E)")
-    p.add_argument("--noise-scale", type=float, default=None, help="standard deviation of the noise per step")
+    p.add_argument(
+        "--noise-scale", type=float, default=None,
+        help="persistent-CD card: std of the noise per step; recovery card: the factor on its noise (a temperature)",
+    )  # fmt: skip
     p.add_argument("--grad-clip", type=float, default=None, help="element-wise clip of grad_x E")
     p.add_argument(
         "--guidance-scale", type=float, default=None,

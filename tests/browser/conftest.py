@@ -27,9 +27,9 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebDriver]:
 
 @pytest.fixture(scope="module")
 def stack(browser: WebDriver, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    live = Stack(tmp_path_factory.mktemp("stack")).start()
-    try:
-        yield live
+    live = Stack(tmp_path_factory.mktemp("stack"))
+    try:  # a start that fails half-way still stops what it started
+        yield live.start()
     finally:
         live.close()
 

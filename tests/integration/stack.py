@@ -90,11 +90,11 @@ class Stack:
         self.url = f"http://127.0.0.1:{self.gateway_port}"
 
     def spawn(self, name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        if name in self.processes and self.processes[name].poll() is None:
+            raise ValueError(f"a process named {name!r} is still running")
         log = open(self.workdir / f"{name}.log", "wb")  # noqa: SIM115 - lives as long as the process
         proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, env={**self.env, **(env or {})}, stdout=log,
                                 stderr=subprocess.STDOUT)  # fmt: skip
-        if name in self.processes and self.processes[name].poll() is None:
-            raise ValueError(f"a process named {name!r} is still running")
         self.processes[name] = proc
         self.spawned.append(proc)
         return proc
@@ -158,5 +158,8 @@ class Stack:
                 proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 proc.kill()
-                proc.wait(timeout=15)
+                try:
+                    proc.wait(timeout=15)
+                except subprocess.TimeoutExpired:  # stuck in the kernel: reap the others, say which
+                    print(f"process {proc.pid} ({proc.args}) survived SIGKILL for 15 s")
         self.processes.clear()

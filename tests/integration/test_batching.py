@@ -21,9 +21,9 @@ LONG = {"num_images": 1, "steps": 1000}  # full DDPM on the tiny model: seconds
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    live = Stack(tmp_path_factory.mktemp("batching"), batch_max_images=16).start()
-    try:
-        yield live
+    live = Stack(tmp_path_factory.mktemp("batching"), batch_max_images=16)
+    try:  # a start that fails half-way still stops what it started
+        yield live.start()
     finally:
         live.close()
 

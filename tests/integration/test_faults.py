@@ -66,13 +66,13 @@ def test_a_hung_redis_turns_into_quick_503s_and_never_blocks_the_event_loop(tmp_
     (threads) answer 503 after GENSERVICE_REDIS_TIMEOUT, and /health answers meanwhile."""
     stack = Stack(tmp_path)
     stack.env["GENSERVICE_REDIS_TIMEOUT"] = "1"
-    redis = stack.spawn("redis", "-m", "shared.service.redis_server", "--port", str(stack.redis_port),
-                        "--dir", str(tmp_path / "redis"), "--no-appendonly")  # fmt: skip
-    stack.redis = Redis.from_url(stack.redis_url)
-    wait_until(stack._redis_up, 20, "Redis")
-    stack.spawn("gateway", "-m", "gateway")
-    wait_until(lambda: _up(stack.url), 60, "the gateway")
     try:
+        redis = stack.spawn("redis", "-m", "shared.service.redis_server", "--port", str(stack.redis_port),
+                            "--dir", str(tmp_path / "redis"), "--no-appendonly")  # fmt: skip
+        stack.redis = Redis.from_url(stack.redis_url)
+        wait_until(stack._redis_up, 20, "Redis")
+        stack.spawn("gateway", "-m", "gateway")
+        wait_until(lambda: _up(stack.url), 60, "the gateway")
         job_id = httpx.post(f"{stack.url}/generate/diffusion", json={"steps": 5}).json()["job_id"]
         assert httpx.get(f"{stack.url}/jobs/{job_id}").status_code == 200
         os.kill(redis.pid, signal.SIGSTOP)

@@ -24,9 +24,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "GENSERVICE_WEBHOOK_TIMEOUT": str(TIMEOUT), "GENSERVICE_WEBHOOK_PROGRESS_INTERVAL": "0.5",
         "GENSERVICE_PUBLIC_URL": live.url + "/",
     })  # fmt: skip
-    live.start()
-    live.spawn("webhooks", "-m", "gateway.webhooks")
-    try:
+    try:  # a start that fails half-way still stops what it started
+        live.start()
+        live.spawn("webhooks", "-m", "gateway.webhooks")
         yield live
     finally:
         live.close()
