@@ -187,8 +187,25 @@ def read_history(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
 
 
+def history_series(rows: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """The history's rows as lines to draw: one per run and probe spec, sorted by images seen. Scores of
+    different specs (another sampler, step count, guidance or noise) are different curves, never one line;
+    where specs differ, a line's label names its spec's fields that differ (e.g. "standing (noise_scale 1.05)")."""
+    specs = {json.dumps(row.get("probe") or {}, sort_keys=True) for row in rows}
+    parsed = [json.loads(spec) for spec in specs]
+    varying = sorted({key for spec in parsed for key in spec if len({str(other.get(key)) for other in parsed}) > 1})
+    series: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        probe = row.get("probe") or {}
+        spec = ", ".join(f"{key} {probe.get(key, '-')}" for key in varying)
+        label = str(row.get("run", "run")) + (f" ({spec})" if spec else "")
+        series.setdefault(label, []).append(row)
+    return {label: sorted(points, key=lambda r: r["images_seen_total"]) for label, points in series.items()}
+
+
 def plot_history(rows: list[dict[str, Any]], out: str | os.PathLike[str], title: str = "") -> Path | None:
-    """FID and class agreement against images seen, one line per run (`run` key); None without matplotlib."""
+    """FID and class agreement against images seen, one line per run and probe spec (`history_series`);
+    None without matplotlib."""
     try:
         import matplotlib
 
@@ -198,11 +215,7 @@ def plot_history(rows: list[dict[str, Any]], out: str | os.PathLike[str], title:
         logger.warning("matplotlib is not installed; no plot of %d history rows", len(rows))
         return None
     fig, (ax_fid, ax_agree) = plt.subplots(1, 2, figsize=(11, 4))
-    runs: dict[str, list[dict[str, Any]]] = {}
-    for row in rows:
-        runs.setdefault(str(row.get("run", "run")), []).append(row)
-    for name, points in runs.items():
-        points = sorted(points, key=lambda r: r["images_seen_total"])
+    for name, points in history_series(rows).items():
         seen = [r["images_seen_total"] / 1000 for r in points]
         ax_fid.plot(seen, [r["fid"] for r in points], marker="o", label=name)
         ax_agree.plot(seen, [r.get("class_agreement") or 0 for r in points], marker="o", label=name)

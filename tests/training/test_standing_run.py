@@ -26,7 +26,15 @@ from tests.training.conftest import two_class_folder
 from training import quality, train_ebm_recovery
 from training.common import REPO_ROOT, load_checkpoint, make_ema
 from training.continue_diffusion import RECIPE, recipe_architecture, shipped_matches, starting_point
-from training.quality import ProbeSpec, QualityProbe, append_history, beats, plot_history, read_history
+from training.quality import (
+    ProbeSpec,
+    QualityProbe,
+    append_history,
+    beats,
+    history_series,
+    plot_history,
+    read_history,
+)
 from training.train_diffusion import TrainConfig, train
 
 CLASSES = ("dark", "light")
@@ -219,6 +227,21 @@ def test_history_appends_and_plots(tmp_path: Path) -> None:
     assert [r["fid"] for r in rows] == [90.0, 70.0, 80.0] and all("date" in r for r in rows)
     png = plot_history(rows, tmp_path / "curve.png", title="t")
     assert png is not None and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_history_draws_scores_of_different_probes_as_different_lines() -> None:
+    old, new = (
+        ProbeSpec(n=6, sampler="recovery").to_dict(),
+        ProbeSpec(n=6, sampler="recovery", noise_scale=1.05).to_dict(),
+    )
+    rows = [
+        {"run": "standing", "images_seen_total": seen, "fid": 70.0, "probe": probe}
+        for seen, probe in ((3000, new), (1000, old), (2000, old))
+    ]
+    series = history_series(rows)
+    assert set(series) == {"standing (noise_scale -)", "standing (noise_scale 1.05)"}
+    assert [r["images_seen_total"] for r in series["standing (noise_scale -)"]] == [1000, 2000]  # sorted
+    assert list(history_series(rows[1:])) == ["standing"]  # one spec: the run's name alone
 
 
 def test_a_run_starts_from_its_state_else_matching_shipped_weights_else_scratch(tmp_path: Path) -> None:
