@@ -191,12 +191,11 @@ def history_series(rows: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, A
     """The history's rows as lines to draw: one per run and probe spec, sorted by images seen. Scores of
     different specs (another sampler, step count, guidance or noise) are different curves, never one line;
     where specs differ, a line's label names its spec's fields that differ (e.g. "standing (noise_scale 1.05)")."""
-    specs = {json.dumps(row.get("probe") or {}, sort_keys=True) for row in rows}
-    parsed = [json.loads(spec) for spec in specs]
-    varying = sorted({key for spec in parsed for key in spec if len({str(other.get(key)) for other in parsed}) > 1})
+    probes = [row.get("probe") or {} for row in rows]
+    keys: set[str] = set().union(*probes)
+    varying = sorted(key for key in keys if len({str(probe.get(key)) for probe in probes}) > 1)
     series: dict[str, list[dict[str, Any]]] = {}
-    for row in rows:
-        probe = row.get("probe") or {}
+    for row, probe in zip(rows, probes, strict=True):
         spec = ", ".join(f"{key} {probe.get(key, '-')}" for key in varying)
         label = str(row.get("run", "run")) + (f" ({spec})" if spec else "")
         series.setdefault(label, []).append(row)
