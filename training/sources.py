@@ -35,6 +35,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from tqdm import tqdm
 
+from shared.diffusion.export import EXPORT_FORM
 from shared.diffusion.pipeline import DiffusionPipeline, SampleParams
 from shared.diffusion.unet import UNet
 from shared.ebm.energy import EnergyNet
@@ -294,6 +295,8 @@ def cache_key(spec: SourceSpec, repo_root: Path) -> str:
     for name, default in (("guidance_interval", None), ("runtime", "torch"), ("precision", "fp32")):
         if fields.get(name) == default:  # keys made before the field existed stay valid
             fields.pop(name, None)
+    if fields.get("runtime") == "openvino":  # OpenVINO runs the export form: a new form is new images
+        fields["export_form"] = EXPORT_FORM
     if spec.model in ("diffusion", "ebm", "untrained"):
         model = spec.untrained_of if spec.model == "untrained" else spec.model
         directory = spec.weights or default_weights(model, repo_root)

@@ -9,9 +9,12 @@ network evaluation (a guided image costs two rows; BENCHMARKS.md, item 1, has th
 
 | batch (rows) | torch fp32 (channels_last) | torch bf16 autocast | OpenVINO f32 | OpenVINO bf16 |
 | ---: | ---: | ---: | ---: | ---: |
-| 1 | 14.6 | 13.8 | 11.2 | 6.1 |
-| 16 | 156 | 126 | 181 | 79 |
-| 32 | 290 | 198 | 355 | 158 |
+| 1 | 14.6 | 13.8 | 9.7 (10.6) | 6.6 (6.6) |
+| 16 | 156 | 126 | 116 (151) | 68 (76) |
+| 32 | 290 | 198 | 246 (303) | 131 (158) |
+
+OpenVINO runs the UNet's export form (`export.py`); in brackets the plain export, measured in the same
+run (the other core busy; the torch columns are from an earlier, idle run).
 
 OpenVINO compiles one static-shape model per batch size on first use (about 0.25 s each; static shapes
 measured 15-25% faster than one dynamic-batch model), after a one-off export of about 3 s. OpenVINO fp32
@@ -35,6 +38,7 @@ import torch
 from torch import nn
 
 from shared.device import Precision
+from shared.diffusion.export import export_view
 
 logger = logging.getLogger(__name__)
 
@@ -114,9 +118,11 @@ def openvino_bf16() -> bool:
 def choose(runtime: str, precision: str, device: torch.device) -> RuntimeChoice:
     """Resolve `auto` in either field from what this machine has; an explicit value is taken as given.
 
-    runtime auto: OpenVINO where it runs bf16 on this CPU (1.8-2.4x eager fp32 per network evaluation);
-    torch elsewhere (GPUs; CPUs where OpenVINO has no bf16: its fp32 measured no faster than torch's at
-    batch 16-32, though 1.4x at batch 1). precision auto: bf16 on CUDA, with OpenVINO where it has bf16,
+    runtime auto: OpenVINO where it runs bf16 on this CPU (2.2-2.3x eager fp32 per network evaluation);
+    torch elsewhere (GPUs; CPUs where OpenVINO has no bf16: its fp32 of the plain export measured no
+    faster than torch's at batch 16-32 on an AVX512 CPU, though 1.4x at batch 1; the export form's fp32 is
+    1.2-1.3x torch's at 16-32 rows there, but no CPU without OpenVINO bf16 was at hand to decide this
+    fallback again). precision auto: bf16 on CUDA, with OpenVINO where it has bf16,
     and with torch on CPUs with native bf16 (AVX512-BF16, AMX; emulated bf16 is slower than fp32); fp32
     elsewhere. bf16 measured within fp32's seed-to-seed spread of FID and class agreement (models/README.md).
     """
@@ -166,8 +172,9 @@ class OpenVINONetwork:
     """The UNet's forward pass, exported once to OpenVINO and compiled per batch size (static shapes).
 
     Called like the torch module: `(x, t, labels) -> output` on CPU tensors. The export traces the
-    module as it is at construction (weights included), so later changes to the module's weights are
-    not seen. `cache_dir` keeps OpenVINO's compiled blobs on disk between processes.
+    module's export form (`export.export_view`: the same function in operations that stay channels-last)
+    as it is at construction, weights included: later changes to the module's weights are not seen.
+    `cache_dir` keeps OpenVINO's compiled blobs on disk between processes.
 
     With more than one thread, a batch of at least `STREAM_ROWS_PER_THREAD * threads` rows is split into
     `threads` equal chunks run side by side as OpenVINO streams of one thread each (the last chunk padded
@@ -192,12 +199,9 @@ class OpenVINONetwork:
         example: tuple[torch.Tensor, ...] = (torch.zeros(2, *self.shape), torch.full((2,), 1, dtype=torch.long))
         if self.null_label is not None:
             example += (torch.full((2,), self.null_label, dtype=torch.long),)
-        was_training = unet.training
-        unet.eval()
         decline_openvino_telemetry()
-        with torch.no_grad():
-            self.model = ov.convert_model(unet, example_input=example)
-        unet.train(was_training)
+        with torch.no_grad():  # the export form: same function, layouts OpenVINO's CPU plugin runs faster
+            self.model = ov.convert_model(export_view(unet), example_input=example)
         self.core = ov.Core()
         if cache_dir is not None:
             self.core.set_property({"CACHE_DIR": str(cache_dir)})
