@@ -41,3 +41,22 @@ def autocast(device: torch.device, precision: Precision | str) -> Iterator[None]
     precision = Precision(precision)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision is Precision.BF16):
         yield
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """torch's intra-op pool at `threads` for the block, restored after.
+
+    The OpenVINO path runs its network on OpenVINO's own threads; the samplers' torch operations between
+    its calls are small (a few 16 x 3 x 32 x 32 tensors), but on two threads torch's idle OpenMP worker
+    keeps spinning after each of them, on the core an OpenVINO stream needs (DDPM at 16 rows on 2 cores:
+    a step took 151 / 163 ms at the 10th percentile / median with torch on 2 threads, 148 / 156 ms on
+    one, 144 / 158 ms for the network alone)."""
+    before = torch.get_num_threads()
+    if threads != before:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        if threads != before:
+            torch.set_num_threads(before)

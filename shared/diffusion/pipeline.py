@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from shared.device import Precision, autocast, pick_device
+from shared.device import Precision, autocast, pick_device, torch_threads
 from shared.diffusion.process import DiffusionConfig, EpsModel, GaussianDiffusion
 from shared.diffusion.runtime import OpenVINONetwork, Runtime, RuntimeChoice, choose
 from shared.diffusion.samplers import (
@@ -251,6 +251,13 @@ class DiffusionPipeline:
     def sample(self, params: SampleParams, callback: StepCallback | None = None) -> torch.Tensor:
         """Images in [-1, 1], shape (len(seeds), C, H, W), float32 on this pipeline's device."""
         self.check(params)
+        # With OpenVINO, torch only runs the sampler's small tensor operations: on one thread, so that its
+        # idle pool does not spin on the cores OpenVINO's streams run on (shared/device.py, torch_threads).
+        threads = 1 if self.runtime.runtime is Runtime.OPENVINO else torch.get_num_threads()
+        with torch_threads(threads):
+            return self._sample(params, callback)
+
+    def _sample(self, params: SampleParams, callback: StepCallback | None) -> torch.Tensor:
         cfg = self.config
         shape = (cfg.in_channels, cfg.image_size, cfg.image_size)
         labels = self._label_tensor(params.labels, len(params.seeds))

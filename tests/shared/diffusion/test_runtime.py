@@ -204,3 +204,20 @@ def test_openvino_telemetry_is_declined_unless_the_operator_opted_in(
     consent.write_text("1")  # an operator who opted in keeps their choice
     assert runtime.decline_openvino_telemetry() is False
     assert consent.read_text() == "1"
+
+
+def test_openvino_sampling_runs_torchs_own_operations_on_one_thread(
+    reference: DiffusionPipeline, exported: DiffusionPipeline
+) -> None:
+    # torch's idle OpenMP worker would spin on the cores OpenVINO's streams need; the pool comes back after
+    params = SampleParams(seeds=(0, 1), sampler="ddim", steps=3, labels=(0, 1))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        seen: dict[str, set[int]] = {"openvino": set(), "torch": set()}
+        for name, pipeline in (("openvino", exported), ("torch", reference)):
+            pipeline.sample(params, callback=lambda *_, name=name: seen[name].add(torch.get_num_threads()))
+            assert torch.get_num_threads() == 2
+        assert seen == {"openvino": {1}, "torch": {2}}
+    finally:
+        torch.set_num_threads(before)
