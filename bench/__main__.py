@@ -114,6 +114,9 @@ def run(
     cfg = configs(mode, device, compile, gateway)
     raw = results_dir / f"{out.stem}.json"
     results: dict[str, Any] = json.loads(raw.read_text()) if merge and raw.exists() else {}
+    ran = results.setdefault("ran", {})  # item -> when and at which commit it was measured
+    for item in results.get("seconds", {}):  # kept from a run that did not record it: the machine block's run
+        ran.setdefault(item, {k: results["machine"].get(k) for k in ("date (UTC)", "commit")})
     results.update(mode=mode, device=device, machine=report.machine_info())
     results["have_diffusers"] = importlib.util.find_spec("diffusers") is not None
     results.setdefault("seconds", {})
@@ -133,6 +136,7 @@ def run(
             results[item] = _cost_in_fresh_process(cfg[item])
             results[item]["plot"] = str(plot(results[item]["rows"], results_dir / "cost.png"))
         results["seconds"][item] = time.perf_counter() - item_start
+        ran[item] = {k: results["machine"][k] for k in ("date (UTC)", "commit")}
         results["total_seconds"] = sum(results["seconds"].values()) if merge else time.perf_counter() - start
         results["load_average_end"] = ", ".join(f"{x:.2f}" for x in os.getloadavg())
         raw.write_text(json.dumps(results, indent=1, default=str))

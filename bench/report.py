@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import math
 import os
 import platform
@@ -261,7 +262,15 @@ def render(results: dict[str, Any], out_dir: Path) -> str:
     ]  # fmt: skip
     seconds = results.get("seconds", {})
     if seconds:
-        parts.append("\n" + table([{"item": k, "seconds": v} for k, v in seconds.items()]))
+        ran = results.get("ran", {})
+        merged = len({json.dumps(ran.get(k), sort_keys=True) for k in seconds}) > 1  # items of different runs
+        parts.append("\n" + table([
+            {"item": k, "seconds": v, **({"run (UTC)": ran.get(k, {}).get("date (UTC)"),
+                                          "commit": ran.get(k, {}).get("commit")} if merged else {})}
+            for k, v in seconds.items()
+        ]))  # fmt: skip
+        if merged:
+            parts.append("\nItems come from different runs (`--merge`): compare numbers within an item only.\n")
     if "sampler" in results:
         parts += _sampler_section(results["sampler"], results["have_diffusers"], results["machine"])
     if "quality" in results:

@@ -23,7 +23,7 @@ HAVE_DIFFUSERS = importlib.util.find_spec("diffusers") is not None
 
 
 @pytest.mark.slow
-def test_tiny_suite_writes_every_table(tmp_path: Path) -> None:
+def test_tiny_suite_writes_every_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out, results = tmp_path / "BENCHMARKS.md", tmp_path / "results"
     assert main(["--tiny", "--only", "sampler,quality,gateway,cost", "--out", str(out), "--results", str(results)]) == 0
     text = out.read_text()
@@ -50,6 +50,17 @@ def test_tiny_suite_writes_every_table(tmp_path: Path) -> None:
     assert {(r["batch"], r["steps"]) for r in raw["cost"]["rows"]} == {(1, 2), (1, 4), (2, 2), (2, 4)}
     assert (results / "cost.png").stat().st_size > 1000
     assert "](results/cost.png)" in text
+    assert "Items come from different runs" not in text  # one run
+    # one item again with --merge: the others are kept, and the report says which run measured each
+    later = {**raw["machine"], "date (UTC)": "2099-01-01 00:00"}
+    monkeypatch.setattr(report, "machine_info", lambda: later)
+    assert main(["--tiny", "--only", "quality", "--merge", "--out", str(out), "--results", str(results)]) == 0
+    merged = json.loads((results / "BENCHMARKS.json").read_text())
+    assert merged["ran"]["quality"]["date (UTC)"] == "2099-01-01 00:00"
+    assert merged["ran"]["cost"] == raw["ran"]["cost"] == {k: raw["machine"][k] for k in ("date (UTC)", "commit")}
+    assert merged["cost"] == raw["cost"]
+    text = out.read_text()
+    assert "Items come from different runs" in text and "| cost |" in text and "2099-01-01 00:00" in text
 
 
 def test_batching_section_tabulates_both_settings() -> None:
