@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from shared.device import Precision
-from shared.diffusion.export import export_view
+from shared.diffusion.export import EXPORT_FORM, export_view
 
 logger = logging.getLogger(__name__)
 
@@ -101,8 +101,13 @@ class RuntimeChoice:
 
     def describe(self) -> dict[str, str]:
         """What the worker publishes in /models/info and logs at start-up."""
-        engine = f"openvino {openvino_version()}" if self.runtime is Runtime.OPENVINO else f"torch {torch.__version__}"
-        return {"runtime": str(self.runtime), "engine": engine, "precision": str(self.precision), "why": self.reason}
+        openvino = self.runtime is Runtime.OPENVINO
+        engine = f"openvino {openvino_version()}" if openvino else f"torch {torch.__version__}"
+        graph = f"export form: {EXPORT_FORM}" if openvino else "the UNet's own modules"
+        return {
+            "runtime": str(self.runtime), "engine": engine, "precision": str(self.precision), "graph": graph,
+            "why": self.reason,
+        }  # fmt: skip
 
 
 @cache

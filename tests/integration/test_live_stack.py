@@ -39,6 +39,7 @@ def test_diffusion_job_end_to_end_and_reproducible(stack: Stack) -> None:
     chosen = worker["runtime"]
     assert chosen["runtime"] in ("torch", "openvino") and chosen["precision"] in ("fp32", "bf16")
     assert chosen["engine"].startswith(chosen["runtime"]) and chosen["why"]
+    assert chosen["graph"].startswith("export form" if chosen["runtime"] == "openvino" else "the UNet")
 
 
 def test_ebm_job_end_to_end_and_reproducible(stack: Stack) -> None:

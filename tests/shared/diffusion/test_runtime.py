@@ -10,6 +10,7 @@ import torch
 
 from shared.device import Precision
 from shared.diffusion import runtime
+from shared.diffusion.export import EXPORT_FORM
 from shared.diffusion.pipeline import DiffusionPipeline, SampleParams
 from shared.diffusion.process import DiffusionConfig, GaussianDiffusion
 from shared.diffusion.runtime import OpenVINONetwork, Runtime, choose
@@ -126,6 +127,8 @@ def test_an_unconditional_network_is_exported_without_a_label_input() -> None:
 def test_bf16_stays_close_and_is_reported(reference: DiffusionPipeline, exported_bf16: DiffusionPipeline) -> None:
     info = exported_bf16.runtime.describe()
     assert info["precision"] == "bf16" and info["engine"].startswith("openvino ")
+    assert info["graph"] == f"export form: {EXPORT_FORM}"  # which rewrites ran, named in /models/info
+    assert reference.runtime.describe()["graph"] == "the UNet's own modules"
     x, t, y = probe(4)
     with torch.no_grad():
         expected = reference.unet(x, t, y)
