@@ -116,7 +116,7 @@ def run(
     results: dict[str, Any] = json.loads(raw.read_text()) if merge and raw.exists() else {}
     ran = results.setdefault("ran", {})  # item -> when and at which commit it was measured
     for item in results.get("seconds", {}):  # kept from a run that did not record it: the machine block's run
-        ran.setdefault(item, {k: results["machine"].get(k) for k in ("date (UTC)", "commit")})
+        ran.setdefault(item, {k: results.get("machine", {}).get(k) for k in ("date (UTC)", "commit")})
     results.update(mode=mode, device=device, machine=report.machine_info())
     results["have_diffusers"] = importlib.util.find_spec("diffusers") is not None
     results.setdefault("seconds", {})

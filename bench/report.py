@@ -33,8 +33,10 @@ def cpu_flags(wanted: Sequence[str] = ("avx2", "avx512f", "avx512_vnni", "avx512
 
 
 def git_commit() -> str:
+    """HEAD's short hash, with "-dirty" when tracked files differ from it (the run measured other code)."""
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
+        out = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=7", "--exclude=*"],
+                             capture_output=True, text=True, check=True)  # fmt: skip
         return out.stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"

@@ -51,7 +51,11 @@ def torch_threads(threads: int) -> Iterator[None]:
     its calls are small (a few 16 x 3 x 32 x 32 tensors), but on two threads torch's idle OpenMP worker
     keeps spinning after each of them, on the core an OpenVINO stream needs (DDPM at 16 rows on 2 cores:
     a step took 151 / 163 ms at the 10th percentile / median with torch on 2 threads, 148 / 156 ms on
-    one, 144 / 158 ms for the network alone)."""
+    one, 144 / 158 ms for the network alone).
+
+    For a caller that runs torch from one thread at a time (a worker runs one job at a time): the pool
+    size is process-wide state, so torch calls made meanwhile from other threads see it too, and a thread
+    that makes its first torch call meanwhile keeps it."""
     before = torch.get_num_threads()
     if threads != before:
         torch.set_num_threads(threads)

@@ -292,10 +292,11 @@ def make_samples(
 
 def cache_key(spec: SourceSpec, repo_root: Path) -> str:
     fields = {k: v for k, v in dataclasses.asdict(spec).items() if k not in ("batch_size", "device", "data_cache")}
+    runtime = fields.get("runtime")
     for name, default in (("guidance_interval", None), ("runtime", "torch"), ("precision", "fp32")):
         if fields.get(name) == default:  # keys made before the field existed stay valid
             fields.pop(name, None)
-    if fields.get("runtime") == "openvino":  # OpenVINO runs the export form: a new form is new images
+    if runtime in ("openvino", "auto"):  # OpenVINO runs the export form: a new form is new images
         fields["export_form"] = EXPORT_FORM
     if spec.model in ("diffusion", "ebm", "untrained"):
         model = spec.untrained_of if spec.model == "untrained" else spec.model

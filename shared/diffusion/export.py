@@ -5,20 +5,23 @@ computed before, up to floating-point rounding, in a form that OpenVINO's CPU pl
 channels-last (nhwc) layout; the torch path keeps the original modules (torch's own kernels prefer them).
 What each rewrite saved, measured on the bench's 6.5M-parameter UNet (bf16, 2 cores, both idle,
 16 rows as 2 single-thread streams of 8; median of 10 rounds, BENCHMARKS.md has the sampler-level
-figures): all three together 156 -> 131 ms, one row on 2 threads 13.2 -> 10.9 ms.
+figures): all three together 156 -> 139 ms, one row on 2 threads 13.1 -> 12.5 ms.
 
 - GroupNorm (Wu & He 2018, arXiv:1803.08494, Eq. 1-3). OpenVINO lowers it to a reshape to
   (B, G, C/G * H * W) and MVN, which need the planar layout: every norm cost a reorder out of nhwc and
   one back into it (12 of 168 ms). Here the statistics come from per-channel spatial means
   (ReduceMean over H, W keeps nhwc), averaged over each group's channels on the small (B, C) tensors;
   the variance is taken about the mean (two passes), not as E[x^2] - E[x]^2, which would cancel in bf16.
+  The output is x * scale + shift, with the mean folded into the shift: where |mean| >> std that rounds
+  worse in bf16 than (x - mean) * scale + bias would (not measured in OpenVINO; FID was unchanged).
 - Self-attention (Vaswani et al. 2017, arXiv:1706.03762, Eq. 1): softmax(Q^T K / sqrt(d)) with Q, K, V
   kept as (B, heads, d, HW), the layout the 1x1 convolution produces; the matrix products transpose
   inside the kernel, so the permutes to (B, heads, HW, d) and back disappear.
 - Nearest 2x upsampling followed by a 3x3 convolution. Each output pixel's 3x3 window over the
   upsampled map covers only 2x2 input pixels, so the pair equals four 2x2 convolutions on the small map
   (one per output phase, kernels summed from the 3x3 one) interleaved by a depth-to-space step
-  (Shi et al. 2016, arXiv:1609.05158, Sec. 2.2): 16 instead of 36 multiply-adds per output value and channel.
+  (Shi et al. 2016, arXiv:1609.05158, Sec. 2.2): 4 instead of 9 multiply-adds per output value and input
+  channel.
 """
 
 from __future__ import annotations
@@ -113,10 +116,16 @@ class SubpixelUpsample(nn.Module):
 def convert(module: nn.Module) -> nn.Module:
     """The export form of one module (the module itself where there is none)."""
     if isinstance(module, nn.GroupNorm):
+        if not module.affine:
+            raise ValueError("the export form of GroupNorm needs its affine weights (the UNet's have them)")
         return ChannelStatsGroupNorm(module)
     if isinstance(module, AttentionBlock):
         return ChannelsFirstAttention(module)
     if isinstance(module, Upsample):
+        conv = module.conv
+        layout = (conv.kernel_size, conv.stride, conv.padding, conv.dilation, conv.groups)
+        if layout != ((3, 3), (1, 1), (1, 1), (1, 1), 1):
+            raise ValueError(f"the sub-pixel form is derived for a 3x3, stride 1, padding 1 convolution, not {conv}")
         return SubpixelUpsample(module)
     return module
 

@@ -3,6 +3,7 @@ results.json and grids, and the same numbers from the sample cache on a second r
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -332,3 +333,20 @@ def test_a_run_waits_for_a_batch_another_holds_and_makes_it_if_that_run_dies(
     result = load_samples(spec, tmp_path, str(tmp_path / "cache"))
     assert made == [(0, 1), (4, 5), (6, 7), (2, 3)]  # the held batch last, made by this run
     assert torch.equal(result.images, straight.images)
+
+
+def test_openvino_samples_are_keyed_by_the_export_form(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """OpenVINO runs the UNet's export form: a changed rewrite changes the bf16 images, so it must not reuse
+    samples made through the old one; torch's keys do not depend on it."""
+    from training import sources
+
+    spec = sources.SourceSpec(model="real", n=4)  # no weights needed: the key is all this test looks at
+    keys = {
+        rt: sources.cache_key(dataclasses.replace(spec, runtime=rt), tmp_path) for rt in ("torch", "openvino", "auto")
+    }
+    monkeypatch.setattr(sources, "EXPORT_FORM", "another-rewrite")
+    after = {
+        rt: sources.cache_key(dataclasses.replace(spec, runtime=rt), tmp_path) for rt in ("torch", "openvino", "auto")
+    }
+    assert after["torch"] == keys["torch"]
+    assert after["openvino"] != keys["openvino"] and after["auto"] != keys["auto"]

@@ -58,10 +58,12 @@ def test_channels_first_attention_is_the_attention_block(heads: int) -> None:
 
 @pytest.mark.parametrize("num_classes", [3, None])
 def test_the_export_view_is_the_same_network(num_classes: int | None) -> None:
-    config = tiny_unet_config() if num_classes else tiny_unet_config(num_classes=None, class_names=())
+    config = tiny_unet_config(dropout=0.5)
+    config = config if num_classes else tiny_unet_config(dropout=0.5, num_classes=None, class_names=())
     unet = randomise(seeded_unet(config))
-    unet.train()  # the view is in eval mode whatever the module's mode (dropout off)
+    unet.train()  # the view is in eval mode whatever the module's mode (dropout off), the module keeps its own
     view = export_view(unet)
+    assert unet.training and not view.training
     gen = torch.Generator().manual_seed(2)
     x, t = torch.randn(4, 3, 8, 8, generator=gen), torch.tensor([0, 33, 66, 99])
     labels = torch.tensor([0, 1, 2, 3]) if num_classes else None  # 3 is the null label
