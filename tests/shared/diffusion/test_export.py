@@ -78,3 +78,12 @@ def test_the_export_view_is_the_same_network(num_classes: int | None) -> None:
     with torch.no_grad():
         next(view.parameters()).add_(1.0)
         torch.testing.assert_close(unet(x, t, labels), expected)
+
+
+def test_convert_refuses_modules_its_rewrites_were_not_derived_for() -> None:
+    odd = Upsample(4)
+    odd.conv = nn.Conv2d(4, 4, 5, padding=2)
+    with pytest.raises(ValueError, match="3x3"):
+        export_view(nn.Sequential(odd))
+    with pytest.raises(ValueError, match="affine"):
+        export_view(nn.Sequential(nn.GroupNorm(2, 4, affine=False)))
