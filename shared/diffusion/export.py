@@ -3,7 +3,7 @@
 `export_view(unet)` returns a copy of the network in which three kinds of module compute what they
 computed before, up to floating-point rounding, in a form that OpenVINO's CPU plugin keeps in its fast
 channels-last (nhwc) layout; the torch path keeps the original modules (torch's own kernels prefer them).
-What each rewrite saved, measured on the bench's 6.5M-parameter UNet (bf16, 2 cores, both idle,
+What the rewrites saved, measured on the bench's 6.5M-parameter UNet (bf16, 2 cores, both idle,
 16 rows as 2 single-thread streams of 8; median of 10 rounds, BENCHMARKS.md has the sampler-level
 figures): all three together 156 -> 139 ms, one row on 2 threads 13.1 -> 12.5 ms.
 
