@@ -60,7 +60,7 @@ def test_channels_first_attention_is_the_attention_block(heads: int) -> None:
 def test_the_export_view_is_the_same_network(num_classes: int | None) -> None:
     config = tiny_unet_config(dropout=0.5)
     config = config if num_classes else tiny_unet_config(dropout=0.5, num_classes=None, class_names=())
-    unet = randomise(seeded_unet(config))
+    unet = seeded_unet(config)  # every parameter random, attention's projection and GroupNorm's affine too
     unet.train()  # the view is in eval mode whatever the module's mode (dropout off), the module keeps its own
     view = export_view(unet)
     assert unet.training and not view.training
